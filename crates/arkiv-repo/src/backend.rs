@@ -1,0 +1,203 @@
+//! Storage backends: the engine speaks only to an OpenDAL operator, so a
+//! local directory and an object store behave the same.
+//!
+//! The engine is synchronous (CPU-bound work runs on rayon), OpenDAL is
+//! async; this module owns the bridge: one shared tokio runtime on which every
+//! storage call is driven to completion.
+
+use std::sync::OnceLock;
+
+use opendal::{ErrorKind, Operator};
+
+use crate::error::{Error, Result};
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("arkiv-io")
+            .enable_all()
+            .build()
+            .expect("the IO runtime starts")
+    })
+}
+
+/// Runs a future to completion on the IO runtime. Callers may be plain
+/// threads or rayon workers; from inside another tokio runtime use
+/// `spawn_blocking` first.
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    runtime().block_on(f)
+}
+
+/// Kinds of stored object, each in its own directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Config,
+    Key,
+    Snapshot,
+    Index,
+    Pack,
+}
+
+impl FileKind {
+    pub fn dir(self) -> &'static str {
+        match self {
+            FileKind::Config => "",
+            FileKind::Key => "keys/",
+            FileKind::Snapshot => "snapshots/",
+            FileKind::Index => "index/",
+            FileKind::Pack => "data/",
+        }
+    }
+
+    /// Path of object `name` of this kind. Packs fan out over 256
+    /// directories by the first two hex digits, as restic does, so no local
+    /// directory holds millions of entries.
+    pub fn path(self, name: &str) -> String {
+        match self {
+            FileKind::Config => "config".to_string(),
+            FileKind::Pack => format!("data/{}/{}", &name[..2.min(name.len())], name),
+            _ => format!("{}{}", self.dir(), name),
+        }
+    }
+}
+
+/// A repository's storage location.
+#[derive(Clone)]
+pub struct Backend {
+    op: Operator,
+    location: String,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Backend({})", self.location)
+    }
+}
+
+fn io_err(op: &'static str, path: &str, location: &str, e: opendal::Error) -> Error {
+    if e.kind() == ErrorKind::NotFound {
+        return Error::NotFound { what: format!("{location}/{path}") };
+    }
+    Error::Backend {
+        op,
+        path: format!("{location}/{path}"),
+        message: e.to_string(),
+    }
+}
+
+impl Backend {
+    /// A repository in a local directory.
+    pub fn local(path: &std::path::Path) -> Result<Backend> {
+        let abs = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| Error::Io { path: path.display().to_string(), source: e })?
+                .join(path)
+        };
+        let root = abs.to_string_lossy().to_string();
+        // Writes go to a temporary file in `tmp/` and are renamed into place,
+        // so a killed process never leaves a truncated object under its
+        // final, content-derived name.
+        let builder = opendal::services::Fs::default()
+            .root(&root)
+            .atomic_write_dir(&format!("{root}/tmp"));
+        let op = Operator::new(builder)
+            .map_err(|e| Error::Backend { op: "open", path: root.clone(), message: e.to_string() })?;
+        Ok(Backend { op, location: root })
+    }
+
+    /// Any OpenDAL operator; `location` is how errors and listings name it.
+    pub fn from_operator(op: Operator, location: impl Into<String>) -> Backend {
+        Backend { op, location: location.into() }
+    }
+
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    pub fn operator(&self) -> &Operator {
+        &self.op
+    }
+
+    pub fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        let path = kind.path(name);
+        block_on(self.op.read(&path))
+            .map(|b| b.to_vec())
+            .map_err(|e| io_err("read", &path, &self.location, e))
+    }
+
+    pub fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let path = kind.path(name);
+        block_on(async { self.op.read_with(&path).range(offset..offset + len).await })
+            .map(|b| b.to_vec())
+            .map_err(|e| io_err("read", &path, &self.location, e))
+    }
+
+    pub fn write(&self, kind: FileKind, name: &str, data: Vec<u8>) -> Result<()> {
+        let path = kind.path(name);
+        block_on(self.op.write(&path, data))
+            .map(|_| ())
+            .map_err(|e| io_err("write", &path, &self.location, e))
+    }
+
+    pub fn exists(&self, kind: FileKind, name: &str) -> Result<bool> {
+        let path = kind.path(name);
+        block_on(self.op.exists(&path)).map_err(|e| io_err("stat", &path, &self.location, e))
+    }
+
+    pub fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
+        let path = kind.path(name);
+        block_on(self.op.stat(&path))
+            .map(|m| m.content_length())
+            .map_err(|e| io_err("stat", &path, &self.location, e))
+    }
+
+    pub fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
+        let path = kind.path(name);
+        block_on(self.op.delete(&path)).map_err(|e| io_err("delete", &path, &self.location, e))
+    }
+
+    /// Names (not paths) and sizes of every object of `kind`.
+    pub fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+        let dir = kind.dir();
+        let entries = block_on(async { self.op.list_with(dir).recursive(true).await })
+            .map_err(|e| io_err("list", dir, &self.location, e))?;
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            if e.metadata().is_dir() {
+                continue;
+            }
+            let name = e.name().to_string();
+            // Only content-named objects count: a stray file is not ours.
+            if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                let size = e.metadata().content_length();
+                out.push((name, size));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_read_list_delete_on_local_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backend::local(dir.path()).unwrap();
+        let name = "ab".repeat(32);
+        b.write(FileKind::Pack, &name, b"hello".to_vec()).unwrap();
+        assert!(dir.path().join("data/ab").join(&name).exists());
+        assert_eq!(b.read(FileKind::Pack, &name).unwrap(), b"hello");
+        assert_eq!(b.read_range(FileKind::Pack, &name, 1, 3).unwrap(), b"ell");
+        let listed = b.list(FileKind::Pack).unwrap();
+        assert_eq!(listed, vec![(name.clone(), 5)]);
+        b.delete(FileKind::Pack, &name).unwrap();
+        assert!(!b.exists(FileKind::Pack, &name).unwrap());
+        assert!(matches!(b.read(FileKind::Pack, &name), Err(Error::NotFound { .. })));
+    }
+}

@@ -1,0 +1,62 @@
+//! Errors of the repository engine. Each names the object it failed on, so
+//! the binary can print it as one line that says what and where.
+
+use crate::id::Id;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op} {path}: {message}")]
+    Backend { op: &'static str, path: String, message: String },
+
+    #[error("{what} does not exist")]
+    NotFound { what: String },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{location} is not an Arkiv repository (no config file); create one with `arkiv init`")]
+    NotARepository { location: String },
+
+    #[error("{location} already holds an Arkiv repository")]
+    AlreadyExists { location: String },
+
+    #[error("wrong password or key file: none of the {slots} key slot(s) of {location} opens with it")]
+    WrongPassword { location: String, slots: usize },
+
+    #[error("{object}: repository format version {found} is newer than this arkiv understands (up to {supported}); upgrade arkiv")]
+    UnsupportedVersion { object: String, found: u32, supported: u32 },
+
+    #[error("{object} is damaged: {reason}")]
+    Corrupt { object: String, reason: String },
+
+    #[error("blob {0} is not in the index")]
+    BlobNotFound(Id),
+
+    #[error("no snapshot matches '{0}'")]
+    SnapshotNotFound(String),
+
+    #[error("'{prefix}' matches {count} snapshots; give more digits")]
+    AmbiguousSnapshot { prefix: String, count: usize },
+
+    #[error("{0}")]
+    Invalid(String),
+
+    #[error("key slot {slot}: {reason}")]
+    KeySlot { slot: String, reason: String },
+}
+
+impl Error {
+    pub fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::Corrupt { object: object.into(), reason: reason.into() }
+    }
+
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Error {
+        Error::Io { path: path.as_ref().display().to_string(), source }
+    }
+}

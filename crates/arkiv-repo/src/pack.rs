@@ -1,0 +1,267 @@
+//! Packs: many encrypted blobs in one immutable object, with an encrypted
+//! header at the end listing them.
+//!
+//! A pack is built in memory by a [`Packer`] and written once. Each blob is
+//! sealed under the pack's own key (derived from a random salt in the
+//! preamble) with its offset as nonce. The header repeats what the index
+//! says, so a lost index can be rebuilt from the packs alone.
+
+use crate::crypto::{offset_nonce, random_salt, MasterKey, ObjectCipher, HEADER_NONCE, SALT_LEN, TAG_LEN};
+use crate::error::{Error, Result};
+use crate::id::Id;
+
+pub const PACK_MAGIC: &[u8; 4] = b"ARKP";
+pub const PACK_VERSION: u8 = 1;
+pub const PREAMBLE_LEN: usize = 8 + SALT_LEN;
+pub const ENTRY_LEN: usize = 48;
+const FLAG_ZSTD: u8 = 1;
+
+/// What a blob holds. Tree blobs go to packs of their own so metadata can
+/// later live apart from bulk data (hot/cold storage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[repr(u8)]
+pub enum BlobType {
+    Data = 0,
+    Tree = 1,
+}
+
+impl BlobType {
+    pub fn from_u8(b: u8) -> Option<BlobType> {
+        match b {
+            0 => Some(BlobType::Data),
+            1 => Some(BlobType::Tree),
+            _ => None,
+        }
+    }
+}
+
+/// One blob's place in its pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackEntry {
+    pub id: Id,
+    pub blob_type: BlobType,
+    pub compressed: bool,
+    /// Where the ciphertext starts in the pack; also the blob's nonce.
+    pub offset: u32,
+    /// Ciphertext length, tag included.
+    pub length: u32,
+    /// Plaintext length after decompression.
+    pub raw_length: u32,
+}
+
+impl PackEntry {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(self.blob_type as u8);
+        out.push(if self.compressed { FLAG_ZSTD } else { 0 });
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.length.to_le_bytes());
+        out.extend_from_slice(&self.raw_length.to_le_bytes());
+        out.extend_from_slice(&self.id.0);
+    }
+
+    pub fn decode(b: &[u8]) -> Option<PackEntry> {
+        if b.len() < ENTRY_LEN {
+            return None;
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+        Some(PackEntry {
+            blob_type: BlobType::from_u8(b[0])?,
+            compressed: b[1] & FLAG_ZSTD != 0,
+            offset: u32_at(4),
+            length: u32_at(8),
+            raw_length: u32_at(12),
+            id: Id(b[16..48].try_into().unwrap()),
+        })
+    }
+}
+
+/// A pack being filled. Not thread-safe on purpose: each worker fills its
+/// own, so encryption runs in parallel without a shared lock.
+pub struct Packer {
+    salt: [u8; SALT_LEN],
+    cipher: ObjectCipher,
+    buf: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+/// A finished pack, ready to be written under its name.
+pub struct FinishedPack {
+    pub id: Id,
+    pub salt: [u8; SALT_LEN],
+    pub bytes: Vec<u8>,
+    pub entries: Vec<PackEntry>,
+}
+
+impl Packer {
+    pub fn new(key: &MasterKey, capacity: usize) -> Packer {
+        let salt = random_salt();
+        let mut buf = Vec::with_capacity(capacity);
+        buf.extend_from_slice(PACK_MAGIC);
+        buf.extend_from_slice(&[PACK_VERSION, 0, 0, 0]);
+        buf.extend_from_slice(&salt);
+        Packer { salt, cipher: key.pack_cipher(&salt), buf, entries: Vec::new() }
+    }
+
+    /// Bytes written so far (preamble and blobs).
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Seals `stored` (the blob's bytes, compressed or not) into the pack.
+    pub fn add(&mut self, id: Id, blob_type: BlobType, stored: &[u8], compressed: bool, raw_length: u32) -> PackEntry {
+        let offset = self.buf.len();
+        self.buf.extend_from_slice(stored);
+        self.cipher.seal_tail(&offset_nonce(offset as u64), &[], &mut self.buf, offset);
+        let e = PackEntry {
+            id,
+            blob_type,
+            compressed,
+            offset: offset as u32,
+            length: (stored.len() + TAG_LEN) as u32,
+            raw_length,
+        };
+        self.entries.push(e);
+        e
+    }
+
+    pub fn finish(self) -> FinishedPack {
+        let Packer { salt, cipher, mut buf, entries } = self;
+        let mut header = Vec::with_capacity(4 + entries.len() * ENTRY_LEN);
+        header.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        for e in &entries {
+            e.encode(&mut header);
+        }
+        let sealed = cipher.seal(&HEADER_NONCE, &buf[..8], &header);
+        buf.extend_from_slice(&sealed);
+        buf.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        FinishedPack { id: Id::of_stored(&buf), salt, bytes: buf, entries }
+    }
+}
+
+/// Reads the salt from a pack's preamble.
+pub fn read_preamble(object: &str, b: &[u8]) -> Result<[u8; SALT_LEN]> {
+    if b.len() < PREAMBLE_LEN || &b[..4] != PACK_MAGIC {
+        return Err(Error::corrupt(object, "not an Arkiv pack (bad magic)"));
+    }
+    if b[4] > PACK_VERSION {
+        return Err(Error::UnsupportedVersion { object: object.into(), found: b[4] as u32, supported: PACK_VERSION as u32 });
+    }
+    Ok(b[8..PREAMBLE_LEN].try_into().unwrap())
+}
+
+/// Decrypts and parses the header of a whole pack held in memory.
+pub fn read_header(key: &MasterKey, object: &str, pack: &[u8]) -> Result<([u8; SALT_LEN], Vec<PackEntry>)> {
+    let salt = read_preamble(object, pack)?;
+    if pack.len() < PREAMBLE_LEN + 4 {
+        return Err(Error::corrupt(object, "truncated"));
+    }
+    let hlen = u32::from_le_bytes(pack[pack.len() - 4..].try_into().unwrap()) as usize;
+    if hlen + 4 + PREAMBLE_LEN > pack.len() || hlen < TAG_LEN + 4 {
+        return Err(Error::corrupt(object, "header length out of range (truncated pack?)"));
+    }
+    let start = pack.len() - 4 - hlen;
+    let header = key
+        .pack_cipher(&salt)
+        .open(&HEADER_NONCE, &pack[..8], &pack[start..pack.len() - 4])
+        .ok_or_else(|| Error::corrupt(object, "pack header fails authentication"))?;
+    let count = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+    if header.len() != 4 + count * ENTRY_LEN {
+        return Err(Error::corrupt(object, "pack header has the wrong length"));
+    }
+    let entries = header[4..]
+        .chunks_exact(ENTRY_LEN)
+        .map(PackEntry::decode)
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| Error::corrupt(object, "pack header names an unknown blob type"))?;
+    for e in &entries {
+        if e.offset as usize + e.length as usize > start {
+            return Err(Error::corrupt(object, format!("blob {} lies outside the pack", e.id)));
+        }
+    }
+    Ok((salt, entries))
+}
+
+/// Decrypts one blob's ciphertext, decompresses it and checks that its
+/// keyed hash is the id it was stored under: the end-to-end verification
+/// every restore and `check --read-data` relies on.
+pub fn open_blob(key: &MasterKey, cipher: &ObjectCipher, entry: &PackEntry, ciphertext: &[u8], object: &str) -> Result<Vec<u8>> {
+    let what = || format!("blob {} in pack {}", entry.id, object);
+    let stored = cipher
+        .open(&offset_nonce(entry.offset as u64), &[], ciphertext)
+        .ok_or_else(|| Error::corrupt(what(), "authentication failed"))?;
+    let plain = if entry.compressed {
+        let mut out = Vec::with_capacity(entry.raw_length as usize);
+        zstd::stream::copy_decode(&stored[..], &mut out).map_err(|e| Error::corrupt(what(), format!("decompression failed: {e}")))?;
+        out
+    } else {
+        stored
+    };
+    if plain.len() != entry.raw_length as usize || key.blob_id(&plain) != entry.id {
+        return Err(Error::corrupt(what(), "content does not match its id"));
+    }
+    Ok(plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn blobs_round_trip_through_a_pack(blobs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..3000), 0..20)) {
+            let k = MasterKey::generate();
+            let mut p = Packer::new(&k, 1 << 16);
+            for b in &blobs {
+                p.add(k.blob_id(b), BlobType::Data, b, false, b.len() as u32);
+            }
+            let f = p.finish();
+            prop_assert_eq!(Id::of_stored(&f.bytes), f.id);
+            let (salt, entries) = read_header(&k, "p", &f.bytes).unwrap();
+            prop_assert_eq!(&entries, &f.entries);
+            let c = k.pack_cipher(&salt);
+            for (e, b) in entries.iter().zip(&blobs) {
+                let ct = &f.bytes[e.offset as usize..(e.offset + e.length) as usize];
+                prop_assert_eq!(&open_blob(&k, &c, e, ct, "p").unwrap(), b);
+            }
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_is_caught_per_blob() {
+        let k = MasterKey::generate();
+        let mut p = Packer::new(&k, 1024);
+        let a = b"first blob".to_vec();
+        let b = b"second blob".to_vec();
+        p.add(k.blob_id(&a), BlobType::Data, &a, false, a.len() as u32);
+        p.add(k.blob_id(&b), BlobType::Data, &b, false, b.len() as u32);
+        let mut f = p.finish();
+        let e1 = f.entries[1];
+        f.bytes[e1.offset as usize + 2] ^= 0x40;
+        let (salt, entries) = read_header(&k, "p", &f.bytes).unwrap();
+        let c = k.pack_cipher(&salt);
+        let ct = |e: &PackEntry| f.bytes[e.offset as usize..(e.offset + e.length) as usize].to_vec();
+        assert!(open_blob(&k, &c, &entries[0], &ct(&entries[0]), "p").is_ok());
+        let err = open_blob(&k, &c, &entries[1], &ct(&entries[1]), "p").unwrap_err().to_string();
+        assert!(err.contains(&e1.id.to_hex()) && err.contains("authentication failed"), "{err}");
+    }
+
+    #[test]
+    fn entry_encoding_is_48_bytes() {
+        let e = PackEntry { id: Id([7; 32]), blob_type: BlobType::Tree, compressed: true, offset: 1, length: 2, raw_length: 3 };
+        let mut v = Vec::new();
+        e.encode(&mut v);
+        assert_eq!(v.len(), ENTRY_LEN);
+        assert_eq!(PackEntry::decode(&v), Some(e));
+    }
+}

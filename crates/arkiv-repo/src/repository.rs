@@ -1,0 +1,421 @@
+//! Opening, creating and reading a repository.
+//!
+//! Two type states, as in rustic_core: a [`Repository`] is opened (keys and
+//! config known) and can list snapshots and manage keys; an [`Indexed`]
+//! repository has also loaded the index and can read and write blobs. An
+//! operation that needs the index cannot be called without it.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, FileKind};
+use crate::chunker::{Chunker, ChunkerParams};
+use crate::crypto::MasterKey;
+use crate::envelope::{self, EnvelopeKind};
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::{BlobLocation, Index, IndexFile};
+use crate::keys::{Credential, KdfParams, KeySlot};
+use crate::pack::{self, BlobType};
+use crate::snapshot::{Snapshot, SnapshotEntry, SnapshotFilter};
+use crate::tree::Tree;
+
+/// The repository's settings, sealed in the `config` file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RepoConfig {
+    pub version: u32,
+    pub id: Id,
+    pub created: DateTime<Utc>,
+    pub chunker: ChunkerParams,
+    /// zstd level for blobs and metadata; 0 stores everything uncompressed.
+    pub compression: i32,
+    /// Target pack size in bytes.
+    pub pack_size: u32,
+}
+
+/// Options for `init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub chunker: ChunkerParams,
+    pub compression: i32,
+    pub pack_size: u32,
+    pub kdf: KdfParams,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions { chunker: ChunkerParams::default(), compression: 3, pack_size: 16 << 20, kdf: KdfParams::default() }
+    }
+}
+
+impl InitOptions {
+    fn validate(&self) -> Result<()> {
+        self.chunker.validate().map_err(Error::Invalid)?;
+        if !(0..=22).contains(&self.compression) {
+            return Err(Error::Invalid(format!("compression level {} is not in 0..=22", self.compression)));
+        }
+        if self.pack_size < self.chunker.max_size || self.pack_size > 256 << 20 {
+            return Err(Error::Invalid(format!(
+                "pack size {} must be at least the maximum chunk size ({}) and at most 256 MiB",
+                self.pack_size, self.chunker.max_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+struct Inner {
+    backend: Backend,
+    key: MasterKey,
+    config: RepoConfig,
+    /// The key slot this session opened with.
+    slot: String,
+}
+
+/// An opened repository: keys and config are known. Cheap to clone.
+#[derive(Clone)]
+pub struct Repository(Arc<Inner>);
+
+/// A key slot as `key list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotInfo {
+    pub id: String,
+    pub current: bool,
+    #[serde(flatten)]
+    pub slot: KeySlot,
+}
+
+impl Repository {
+    /// Creates a new repository in an empty location.
+    pub fn init(backend: Backend, cred: &Credential, opts: InitOptions) -> Result<Repository> {
+        opts.validate()?;
+        if backend.exists(FileKind::Config, "config")? {
+            return Err(Error::AlreadyExists { location: backend.location().to_string() });
+        }
+        let key = MasterKey::generate();
+        let config = RepoConfig {
+            version: envelope::FORMAT_VERSION as u32,
+            id: Id(crate::crypto::random_bytes()),
+            created: Utc::now(),
+            chunker: opts.chunker,
+            compression: opts.compression,
+            pack_size: opts.pack_size,
+        };
+        let slot = KeySlot::create(&key, config.id, cred, opts.kdf)?;
+        let slot_bytes = slot.to_bytes();
+        let slot_id = Id::of_stored(&slot_bytes).to_hex();
+        // The key slot goes first: a config without a slot would be a
+        // repository nobody can open.
+        backend.write(FileKind::Key, &slot_id, slot_bytes)?;
+        let sealed = envelope::seal(&key, EnvelopeKind::Config, &serde_json::to_vec(&config).unwrap(), 3);
+        backend.write(FileKind::Config, "config", sealed)?;
+        Ok(Repository(Arc::new(Inner { backend, key, config, slot: slot_id })))
+    }
+
+    /// Opens an existing repository with a password or key file.
+    pub fn open(backend: Backend, cred: &Credential) -> Result<Repository> {
+        let location = backend.location().to_string();
+        let config_bytes = match backend.read(FileKind::Config, "config") {
+            Ok(b) => b,
+            Err(Error::NotFound { .. }) => return Err(Error::NotARepository { location }),
+            Err(e) => return Err(e),
+        };
+        envelope::peek_version("config", &config_bytes, EnvelopeKind::Config)?;
+        let slots = backend.list(FileKind::Key)?;
+        if slots.is_empty() {
+            return Err(Error::corrupt(format!("{location}/keys"), "no key slots"));
+        }
+        for (name, _) in &slots {
+            let slot = KeySlot::parse(name, &backend.read(FileKind::Key, name)?)?;
+            if let Some(key) = slot.unwrap_key(name, cred)? {
+                let plain = envelope::open(&key, "config", &config_bytes, EnvelopeKind::Config)?;
+                let config: RepoConfig =
+                    serde_json::from_slice(&plain).map_err(|e| Error::corrupt("config", e.to_string()))?;
+                if config.id != slot.repository {
+                    return Err(Error::corrupt(format!("keys/{name}"), "belongs to another repository"));
+                }
+                if config.version > envelope::FORMAT_VERSION as u32 {
+                    return Err(Error::UnsupportedVersion {
+                        object: "config".into(),
+                        found: config.version,
+                        supported: envelope::FORMAT_VERSION as u32,
+                    });
+                }
+                return Ok(Repository(Arc::new(Inner { backend, key, config, slot: name.clone() })));
+            }
+        }
+        Err(Error::WrongPassword { location, slots: slots.len() })
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.0.backend
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.0.config
+    }
+
+    pub(crate) fn key(&self) -> &MasterKey {
+        &self.0.key
+    }
+
+    pub fn chunker(&self) -> Chunker {
+        Chunker::new(self.0.key.gear_table(), self.0.config.chunker)
+    }
+
+    /// The keyed id of a blob with these contents.
+    pub fn blob_id(&self, data: &[u8]) -> Id {
+        self.0.key.blob_id(data)
+    }
+
+    // ---- key slots ----
+
+    pub fn list_keys(&self) -> Result<Vec<SlotInfo>> {
+        let mut out = Vec::new();
+        for (name, _) in self.backend().list(FileKind::Key)? {
+            let slot = KeySlot::parse(&name, &self.backend().read(FileKind::Key, &name)?)?;
+            out.push(SlotInfo { current: name == self.0.slot, id: name, slot });
+        }
+        out.sort_by_key(|s| s.slot.created);
+        Ok(out)
+    }
+
+    /// Adds a slot wrapping the same master key; returns its id.
+    pub fn add_key(&self, cred: &Credential, kdf: KdfParams) -> Result<String> {
+        let slot = KeySlot::create(&self.0.key, self.0.config.id, cred, kdf)?;
+        let bytes = slot.to_bytes();
+        let id = Id::of_stored(&bytes).to_hex();
+        self.backend().write(FileKind::Key, &id, bytes)?;
+        Ok(id)
+    }
+
+    /// Removes a slot by id or unique prefix. The slot in use and the last
+    /// slot are refused, so a repository can never be locked out by this.
+    pub fn remove_key(&self, prefix: &str, allow_current: bool) -> Result<String> {
+        let slots = self.backend().list(FileKind::Key)?;
+        let matching: Vec<_> = slots.iter().filter(|(n, _)| n.starts_with(prefix)).collect();
+        let id = match matching.as_slice() {
+            [] => return Err(Error::NotFound { what: format!("key slot {prefix}") }),
+            [(id, _)] => id.clone(),
+            _ => return Err(Error::Invalid(format!("'{prefix}' matches {} key slots; give more digits", matching.len()))),
+        };
+        if slots.len() == 1 {
+            return Err(Error::Invalid(format!("key slot {id} is the last one; add another before removing it")));
+        }
+        if id == self.0.slot && !allow_current {
+            return Err(Error::Invalid(format!("key slot {id} is the one this command opened with; use another key to remove it")));
+        }
+        self.backend().delete(FileKind::Key, &id)?;
+        Ok(id)
+    }
+
+    pub fn current_key(&self) -> &str {
+        &self.0.slot
+    }
+
+    // ---- snapshots ----
+
+    pub fn save_snapshot(&self, s: &Snapshot) -> Result<Id> {
+        let sealed = envelope::seal(self.key(), EnvelopeKind::Snapshot, &serde_json::to_vec(s).unwrap(), 3);
+        let id = Id::of_stored(&sealed);
+        self.backend().write(FileKind::Snapshot, &id.to_hex(), sealed)?;
+        Ok(id)
+    }
+
+    pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        let name = id.to_hex();
+        let object = format!("snapshot {name}");
+        let bytes = self.backend().read(FileKind::Snapshot, &name)?;
+        if Id::of_stored(&bytes) != *id {
+            return Err(Error::corrupt(&object, "contents do not match the name"));
+        }
+        let plain = envelope::open(self.key(), &object, &bytes, EnvelopeKind::Snapshot)?;
+        serde_json::from_slice(&plain).map_err(|e| Error::corrupt(object, e.to_string()))
+    }
+
+    pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
+        self.backend().delete(FileKind::Snapshot, &id.to_hex())
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn list_snapshots(&self) -> Result<Vec<SnapshotEntry>> {
+        let names = self.backend().list(FileKind::Snapshot)?;
+        let mut out = names
+            .par_iter()
+            .map(|(name, _)| {
+                let id: Id = name.parse().map_err(|_| Error::corrupt(name, "bad snapshot name"))?;
+                Ok(SnapshotEntry { id, snapshot: self.load_snapshot(&id)? })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Resolves `latest`, a full id or a unique prefix.
+    pub fn find_snapshot(&self, spec: &str, filter: &SnapshotFilter) -> Result<SnapshotEntry> {
+        if spec == "latest" {
+            return self
+                .list_snapshots()?
+                .into_iter()
+                .filter(|e| filter.matches(&e.snapshot))
+                .next_back()
+                .ok_or_else(|| Error::SnapshotNotFound("latest".into()));
+        }
+        if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::SnapshotNotFound(spec.into()));
+        }
+        let spec_l = spec.to_ascii_lowercase();
+        let names: Vec<_> =
+            self.backend().list(FileKind::Snapshot)?.into_iter().filter(|(n, _)| n.starts_with(&spec_l)).collect();
+        match names.as_slice() {
+            [] => Err(Error::SnapshotNotFound(spec.into())),
+            [(n, _)] => {
+                let id: Id = n.parse().map_err(|_| Error::corrupt(n, "bad snapshot name"))?;
+                Ok(SnapshotEntry { id, snapshot: self.load_snapshot(&id)? })
+            }
+            _ => Err(Error::AmbiguousSnapshot { prefix: spec.into(), count: names.len() }),
+        }
+    }
+
+    // ---- index ----
+
+    pub fn load_index_file(&self, id: &Id) -> Result<IndexFile> {
+        let name = id.to_hex();
+        let object = format!("index {name}");
+        let bytes = self.backend().read(FileKind::Index, &name)?;
+        if Id::of_stored(&bytes) != *id {
+            return Err(Error::corrupt(&object, "contents do not match the name"));
+        }
+        let plain = envelope::open(self.key(), &object, &bytes, EnvelopeKind::Index)?;
+        IndexFile::decode(&object, &plain)
+    }
+
+    pub fn save_index_file(&self, f: &IndexFile) -> Result<Id> {
+        let sealed = envelope::seal(self.key(), EnvelopeKind::Index, &f.encode(), self.config().compression.max(1));
+        let id = Id::of_stored(&sealed);
+        self.backend().write(FileKind::Index, &id.to_hex(), sealed)?;
+        Ok(id)
+    }
+
+    /// Loads every index file (in parallel) and returns the indexed state.
+    pub fn index(self) -> Result<Indexed> {
+        let names = self.backend().list(FileKind::Index)?;
+        let files = names
+            .par_iter()
+            .map(|(n, _)| {
+                let id: Id = n.parse().map_err(|_| Error::corrupt(n, "bad index name"))?;
+                Ok((id, self.load_index_file(&id)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut index = Index::new();
+        // Files superseded by another (after prune) are skipped: their
+        // replacement already lists what is still stored.
+        let superseded: std::collections::HashSet<Id> = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
+        for (id, f) in files {
+            if !superseded.contains(&id) {
+                index.add_file(id, f);
+            }
+        }
+        index.finish();
+        Ok(Indexed { repo: self, index: Arc::new(index) })
+    }
+}
+
+/// An opened repository with its index loaded.
+#[derive(Clone)]
+pub struct Indexed {
+    repo: Repository,
+    index: Arc<Index>,
+}
+
+impl Indexed {
+    pub fn repo(&self) -> &Repository {
+        &self.repo
+    }
+
+    pub fn index(&self) -> &Arc<Index> {
+        &self.index
+    }
+
+    /// Reads, decrypts, decompresses and verifies one blob.
+    pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        let loc = self.index.get(id).ok_or(Error::BlobNotFound(*id))?;
+        self.read_located(&loc)
+    }
+
+    pub fn read_located(&self, loc: &BlobLocation) -> Result<Vec<u8>> {
+        let name = loc.pack.id.to_hex();
+        let ct = self.repo.backend().read_range(FileKind::Pack, &name, loc.entry.offset as u64, loc.entry.length as u64)?;
+        let cipher = self.repo.key().pack_cipher(&loc.pack.salt);
+        pack::open_blob(self.repo.key(), &cipher, &loc.entry, &ct, &name)
+    }
+
+    pub fn load_tree(&self, id: &Id) -> Result<Tree> {
+        let loc = self.index.get(id).ok_or(Error::BlobNotFound(*id))?;
+        if loc.entry.blob_type != BlobType::Tree {
+            return Err(Error::corrupt(format!("blob {id}"), "is not a tree"));
+        }
+        Tree::decode(&format!("tree {id}"), &self.read_located(&loc)?)
+    }
+
+    /// Fetches many blobs with few requests: grouped by pack, each pack read
+    /// in one ranged request spanning the wanted blobs (when they are dense
+    /// enough) and packs processed in parallel. `f` receives each blob or the
+    /// error that stopped it; it runs on rayon workers.
+    pub fn for_each_blob<F>(&self, ids: &[Id], f: F) -> Result<()>
+    where
+        F: Fn(Id, Result<Vec<u8>>) + Sync,
+    {
+        let mut by_pack: std::collections::HashMap<Id, Vec<BlobLocation>> = std::collections::HashMap::new();
+        for id in ids {
+            match self.index.get(id) {
+                Some(loc) => by_pack.entry(loc.pack.id).or_default().push(loc),
+                None => f(*id, Err(Error::BlobNotFound(*id))),
+            }
+        }
+        let groups: Vec<Vec<BlobLocation>> = by_pack.into_values().collect();
+        groups.into_par_iter().for_each(|mut locs| {
+            locs.sort_by_key(|l| l.entry.offset);
+            locs.dedup_by_key(|l| l.entry.offset);
+            let pack_name = locs[0].pack.id.to_hex();
+            let cipher = self.repo.key().pack_cipher(&locs[0].pack.salt);
+            // Split into runs whose gaps are small, so one request serves
+            // each run without reading much that is not wanted.
+            const GAP: u64 = 1 << 20;
+            let mut i = 0;
+            while i < locs.len() {
+                let start = locs[i].entry.offset as u64;
+                let mut end = start + locs[i].entry.length as u64;
+                let mut j = i + 1;
+                while j < locs.len() && (locs[j].entry.offset as u64) <= end + GAP && end - start < 64 << 20 {
+                    end = end.max(locs[j].entry.offset as u64 + locs[j].entry.length as u64);
+                    j += 1;
+                }
+                match self.repo.backend().read_range(FileKind::Pack, &pack_name, start, end - start) {
+                    Ok(buf) => {
+                        locs[i..j].par_iter().for_each(|l| {
+                            let a = (l.entry.offset as u64 - start) as usize;
+                            let ct = buf.get(a..a + l.entry.length as usize);
+                            let r = match ct {
+                                Some(ct) => pack::open_blob(self.repo.key(), &cipher, &l.entry, ct, &pack_name),
+                                None => Err(Error::corrupt(format!("pack {pack_name}"), "shorter than the index says")),
+                            };
+                            f(l.entry.id, r);
+                        });
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        for l in &locs[i..j] {
+                            f(l.entry.id, Err(Error::corrupt(format!("pack {pack_name}"), msg.clone())));
+                        }
+                    }
+                }
+                i = j;
+            }
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,317 @@
+//! The write path: chunk, hash, deduplicate, compress, encrypt, pack, upload.
+//!
+//! Callers (the sources) hand in byte streams and trees from any number of
+//! threads. CPU work runs on the caller's thread — normally a rayon worker —
+//! and each worker fills a pack of its own, so nothing CPU-bound waits on a
+//! shared lock. Finished packs go to upload threads over a rendezvous
+//! channel: at most one pack per uploader is in flight, which bounds memory
+//! and pushes back on readers when storage is the bottleneck.
+//!
+//! Durability order is what keeps the repository consistent when a process
+//! is killed: a pack is written before any index names it, an index file
+//! before any snapshot relies on it (the caller writes the snapshot after
+//! [`Writer::finish`]). A killed backup leaves at most packs that nothing
+//! names yet; they are harmless and `prune` removes them.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use rayon::prelude::*;
+
+use crate::backend::FileKind;
+use crate::chunker::Chunker;
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::{Index, IndexFile, IndexedPack};
+use crate::pack::{BlobType, FinishedPack, Packer};
+use crate::repository::{Indexed, Repository};
+use crate::tree::Tree;
+
+/// Index entries are flushed to an index file after this many packs, so an
+/// interrupted long backup keeps what it uploaded: the re-run finds those
+/// blobs in the index and does not upload them again.
+const INDEX_FLUSH_PACKS: usize = 64;
+/// Bytes of a stream read and cut before its chunks are processed in
+/// parallel.
+const STREAM_BATCH: usize = 16 << 20;
+const UPLOADERS: usize = 2;
+
+/// What a writer added.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct WriteStats {
+    pub blobs_new: u64,
+    pub bytes_new: u64,
+    pub bytes_stored: u64,
+    pub packs: u64,
+    pub index_files: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    blobs_new: AtomicU64,
+    bytes_new: AtomicU64,
+    bytes_stored: AtomicU64,
+    packs: AtomicU64,
+    index_files: AtomicU64,
+}
+
+struct Shared {
+    repo: Repository,
+    pending: Mutex<Vec<IndexedPack>>,
+    failure: Mutex<Option<Error>>,
+    failed: AtomicBool,
+    counters: Counters,
+}
+
+impl Shared {
+    fn fail(&self, e: Error) {
+        let mut f = self.failure.lock().unwrap();
+        if f.is_none() {
+            *f = Some(e);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    fn write_pending_index(&self, min_packs: usize) -> Result<()> {
+        let packs = {
+            let mut p = self.pending.lock().unwrap();
+            if p.len() < min_packs || p.is_empty() {
+                return Ok(());
+            }
+            std::mem::take(&mut *p)
+        };
+        self.repo.save_index_file(&IndexFile { supersedes: vec![], packs })?;
+        self.counters.index_files.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn upload_loop(shared: Arc<Shared>, rx: Receiver<FinishedPack>) {
+    for pack in rx {
+        if shared.failed.load(Ordering::SeqCst) {
+            continue;
+        }
+        let len = pack.bytes.len() as u64;
+        match shared.repo.backend().write(FileKind::Pack, &pack.id.to_hex(), pack.bytes) {
+            Ok(()) => {
+                shared.counters.packs.fetch_add(1, Ordering::Relaxed);
+                shared.counters.bytes_stored.fetch_add(len, Ordering::Relaxed);
+                shared.pending.lock().unwrap().push(IndexedPack { id: pack.id, salt: pack.salt, entries: pack.entries });
+                if let Err(e) = shared.write_pending_index(INDEX_FLUSH_PACKS) {
+                    shared.fail(e);
+                }
+            }
+            Err(e) => shared.fail(e),
+        }
+    }
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+}
+
+/// Compresses with a per-thread zstd context (creating one costs more than
+/// compressing a small blob). `None` when compression would not pay.
+fn compress(level: i32, data: &[u8]) -> Option<Vec<u8>> {
+    if level == 0 || data.len() < 64 {
+        return None;
+    }
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let out = c.as_mut()?.1.compress(data).ok()?;
+        // Keep the compressed form only when it saves at least 1/32: a
+        // smaller saving is not worth decompressing on every restore.
+        (out.len() < data.len() - data.len() / 32).then_some(out)
+    })
+}
+
+/// A backup session's blob writer.
+pub struct Writer {
+    shared: Arc<Shared>,
+    index: Arc<Index>,
+    chunker: Chunker,
+    seen: Mutex<HashSet<Id>>,
+    packers: [Mutex<Vec<Packer>>; 2],
+    tx: Option<Sender<FinishedPack>>,
+    uploaders: Vec<JoinHandle<()>>,
+    pack_size: usize,
+    level: i32,
+}
+
+impl Writer {
+    pub fn new(indexed: &Indexed) -> Writer {
+        let repo = indexed.repo().clone();
+        let shared = Arc::new(Shared {
+            repo: repo.clone(),
+            pending: Mutex::new(Vec::new()),
+            failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            counters: Counters::default(),
+        });
+        let (tx, rx) = crossbeam_channel::bounded::<FinishedPack>(0);
+        let uploaders = (0..UPLOADERS)
+            .map(|i| {
+                let (s, r) = (shared.clone(), rx.clone());
+                std::thread::Builder::new().name(format!("arkiv-upload-{i}")).spawn(move || upload_loop(s, r)).expect("spawn uploader")
+            })
+            .collect();
+        Writer {
+            chunker: repo.chunker(),
+            pack_size: repo.config().pack_size as usize,
+            level: repo.config().compression,
+            shared,
+            index: indexed.index().clone(),
+            seen: Mutex::new(HashSet::new()),
+            packers: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
+            tx: Some(tx),
+            uploaders,
+        }
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        if self.shared.failed.load(Ordering::SeqCst) {
+            let msg = self.shared.failure.lock().unwrap().as_ref().map(|e| e.to_string()).unwrap_or_default();
+            return Err(Error::Invalid(format!("backup stopped: {msg}")));
+        }
+        Ok(())
+    }
+
+    /// Whether the repository (or this session) already holds `id`.
+    pub fn has_blob(&self, id: &Id) -> bool {
+        self.index.contains(id) || self.seen.lock().unwrap().contains(id)
+    }
+
+    /// Stores one blob unless it is already there; returns its id.
+    pub fn save_blob(&self, blob_type: BlobType, data: &[u8]) -> Result<Id> {
+        let id = self.shared.repo.blob_id(data);
+        self.save_with_id(blob_type, id, data)?;
+        Ok(id)
+    }
+
+    fn save_with_id(&self, blob_type: BlobType, id: Id, data: &[u8]) -> Result<bool> {
+        self.check_failed()?;
+        if self.index.contains(&id) || !self.seen.lock().unwrap().insert(id) {
+            return Ok(false);
+        }
+        let compressed = compress(self.level, data);
+        let stored = compressed.as_deref().unwrap_or(data);
+        let pool = &self.packers[blob_type as usize];
+        let mut packer = pool.lock().unwrap().pop().unwrap_or_else(|| {
+            Packer::new(self.shared.repo.key(), self.pack_size + self.chunker.params().max_size as usize + 4096)
+        });
+        packer.add(id, blob_type, stored, compressed.is_some(), data.len() as u32);
+        let c = &self.shared.counters;
+        c.blobs_new.fetch_add(1, Ordering::Relaxed);
+        c.bytes_new.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if packer.len() >= self.pack_size {
+            self.send(packer.finish())?;
+        } else {
+            pool.lock().unwrap().push(packer);
+        }
+        Ok(true)
+    }
+
+    fn send(&self, pack: FinishedPack) -> Result<()> {
+        let tx = self.tx.as_ref().expect("writer is open");
+        tx.send(pack).map_err(|_| Error::Invalid("upload threads stopped".into()))?;
+        self.check_failed()
+    }
+
+    /// Chunks and stores a whole in-memory buffer; returns the blob ids.
+    pub fn save_bytes(&self, data: &[u8]) -> Result<Vec<Id>> {
+        let cuts = self.chunker.split_all(data);
+        let mut chunks = Vec::with_capacity(cuts.len());
+        let mut pos = 0;
+        for c in cuts {
+            chunks.push(&data[pos..pos + c]);
+            pos += c;
+        }
+        self.save_chunks(&chunks)
+    }
+
+    fn save_chunks(&self, chunks: &[&[u8]]) -> Result<Vec<Id>> {
+        if chunks.len() == 1 {
+            return Ok(vec![self.save_blob(BlobType::Data, chunks[0])?]);
+        }
+        chunks.par_iter().map(|c| self.save_blob(BlobType::Data, c)).collect()
+    }
+
+    /// Chunks and stores a stream; `progress` is told each batch's length.
+    /// Returns the blob ids and the stream's length.
+    pub fn save_stream<R: Read>(&self, r: R, progress: &(dyn Fn(u64) + Sync)) -> Result<(Vec<Id>, u64)> {
+        let mut ids = Vec::new();
+        let mut failure = None;
+        let res = self.chunker.stream(r, STREAM_BATCH, |chunks| {
+            match self.save_chunks(chunks) {
+                Ok(v) => ids.extend(v),
+                Err(e) => {
+                    failure = Some(e);
+                    return Err(std::io::Error::other("stopped"));
+                }
+            }
+            progress(chunks.iter().map(|c| c.len() as u64).sum());
+            Ok(())
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let len = res.map_err(|e| Error::Io { path: "stream".into(), source: e })?;
+        Ok((ids, len))
+    }
+
+    pub fn save_tree(&self, tree: &Tree) -> Result<Id> {
+        self.save_blob(BlobType::Tree, &tree.encode())
+    }
+
+    pub fn stats(&self) -> WriteStats {
+        let c = &self.shared.counters;
+        WriteStats {
+            blobs_new: c.blobs_new.load(Ordering::Relaxed),
+            bytes_new: c.bytes_new.load(Ordering::Relaxed),
+            bytes_stored: c.bytes_stored.load(Ordering::Relaxed),
+            packs: c.packs.load(Ordering::Relaxed),
+            index_files: c.index_files.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Writes out every open pack and the remaining index entries. Only
+    /// after this returns `Ok` may a snapshot refer to the blobs saved.
+    pub fn finish(mut self) -> Result<WriteStats> {
+        for pool in &self.packers {
+            let packers = std::mem::take(&mut *pool.lock().unwrap());
+            for p in packers {
+                if !p.is_empty() {
+                    self.send(p.finish())?;
+                }
+            }
+        }
+        self.tx = None;
+        for h in self.uploaders.drain(..) {
+            let _ = h.join();
+        }
+        if let Some(e) = self.shared.failure.lock().unwrap().take() {
+            return Err(e);
+        }
+        self.shared.write_pending_index(0)?;
+        Ok(self.stats())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // An abandoned writer (an error elsewhere) still stops its threads;
+        // what it uploaded stays unreferenced and is harmless.
+        self.tx = None;
+        for h in self.uploaders.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
