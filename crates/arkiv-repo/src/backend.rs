@@ -78,7 +78,9 @@ impl std::fmt::Debug for Backend {
 
 fn io_err(op: &'static str, path: &str, location: &str, e: opendal::Error) -> Error {
     if e.kind() == ErrorKind::NotFound {
-        return Error::NotFound { what: format!("{location}/{path}") };
+        return Error::NotFound {
+            what: format!("{location}/{path}"),
+        };
     }
     Error::Backend {
         op,
@@ -94,7 +96,10 @@ impl Backend {
             path.to_path_buf()
         } else {
             std::env::current_dir()
-                .map_err(|e| Error::Io { path: path.display().to_string(), source: e })?
+                .map_err(|e| Error::Io {
+                    path: path.display().to_string(),
+                    source: e,
+                })?
                 .join(path)
         };
         let root = abs.to_string_lossy().to_string();
@@ -104,14 +109,20 @@ impl Backend {
         let builder = opendal::services::Fs::default()
             .root(&root)
             .atomic_write_dir(&format!("{root}/tmp"));
-        let op = Operator::new(builder)
-            .map_err(|e| Error::Backend { op: "open", path: root.clone(), message: e.to_string() })?;
+        let op = Operator::new(builder).map_err(|e| Error::Backend {
+            op: "open",
+            path: root.clone(),
+            message: e.to_string(),
+        })?;
         Ok(Backend { op, location: root })
     }
 
     /// Any OpenDAL operator; `location` is how errors and listings name it.
     pub fn from_operator(op: Operator, location: impl Into<String>) -> Backend {
-        Backend { op, location: location.into() }
+        Backend {
+            op,
+            location: location.into(),
+        }
     }
 
     pub fn location(&self) -> &str {
@@ -198,6 +209,9 @@ mod tests {
         assert_eq!(listed, vec![(name.clone(), 5)]);
         b.delete(FileKind::Pack, &name).unwrap();
         assert!(!b.exists(FileKind::Pack, &name).unwrap());
-        assert!(matches!(b.read(FileKind::Pack, &name), Err(Error::NotFound { .. })));
+        assert!(matches!(
+            b.read(FileKind::Pack, &name),
+            Err(Error::NotFound { .. })
+        ));
     }
 }

@@ -164,7 +164,10 @@ impl Chunker {
             let mut chunks: Vec<&[u8]> = Vec::new();
             let mut pos = 0;
             let mut batched = 0;
-            while pos < buf.len() && (eof || buf.len() - pos >= max) && (eof || batched < batch_bytes) {
+            while pos < buf.len()
+                && (eof || buf.len() - pos >= max)
+                && (eof || batched < batch_bytes)
+            {
                 let c = self.cut(&buf[pos..]);
                 chunks.push(&buf[pos..pos + c]);
                 pos += c;
@@ -189,7 +192,11 @@ mod tests {
         let k = crate::crypto::MasterKey::generate();
         Chunker::new(
             k.gear_table(),
-            ChunkerParams { min_size: 256, avg_size: 1024, max_size: 4096 },
+            ChunkerParams {
+                min_size: 256,
+                avg_size: 1024,
+                max_size: 4096,
+            },
         )
     }
 
@@ -250,12 +257,24 @@ mod tests {
         edited.splice(100_000..100_000, b"inserted".iter().copied());
         let ends = |d: &[u8]| {
             let mut pos = 0;
-            c.split_all(d).into_iter().map(|l| { pos += l; pos }).collect::<std::collections::HashSet<_>>()
+            c.split_all(d)
+                .into_iter()
+                .map(|l| {
+                    pos += l;
+                    pos
+                })
+                .collect::<std::collections::HashSet<_>>()
         };
         let (a, b) = (ends(&data), ends(&edited));
         let before: Vec<_> = a.iter().filter(|&&e| e < 99_000).collect();
-        assert!(before.iter().all(|e| b.contains(e)), "boundaries before the edit must not move");
-        let after_shared = a.iter().filter(|&&e| e > 110_000 && b.contains(&(e + 8))).count();
+        assert!(
+            before.iter().all(|e| b.contains(e)),
+            "boundaries before the edit must not move"
+        );
+        let after_shared = a
+            .iter()
+            .filter(|&&e| e > 110_000 && b.contains(&(e + 8)))
+            .count();
         assert!(after_shared > 10, "boundaries after the edit resynchronise");
     }
 

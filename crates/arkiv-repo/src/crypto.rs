@@ -144,7 +144,8 @@ impl ObjectCipher {
     fn derive(ikm: &[u8; 32], salt: &[u8; SALT_LEN], info: &[u8]) -> Self {
         let hk = Hkdf::<Sha256>::new(Some(salt), ikm);
         let mut okm = [0u8; 32];
-        hk.expand(info, &mut okm).expect("32 bytes is a valid HKDF length");
+        hk.expand(info, &mut okm)
+            .expect("32 bytes is a valid HKDF length");
         let c = Aes256Gcm::new_from_slice(&okm).expect("32-byte key");
         okm.zeroize();
         ObjectCipher(c)
@@ -179,7 +180,12 @@ impl ObjectCipher {
         let (body, tag) = ciphertext.split_at(ciphertext.len() - TAG_LEN);
         let mut buf = body.to_vec();
         self.0
-            .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut buf, Tag::from_slice(tag))
+            .decrypt_in_place_detached(
+                Nonce::from_slice(nonce),
+                aad,
+                &mut buf,
+                Tag::from_slice(tag),
+            )
             .ok()?;
         Some(buf)
     }

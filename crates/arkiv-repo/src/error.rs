@@ -8,7 +8,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{op} {path}: {message}")]
-    Backend { op: &'static str, path: String, message: String },
+    Backend {
+        op: &'static str,
+        path: String,
+        message: String,
+    },
 
     #[error("{what} does not exist")]
     NotFound { what: String },
@@ -20,17 +24,25 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("{location} is not an Arkiv repository (no config file); create one with `arkiv init`")]
+    #[error(
+        "{location} is not an Arkiv repository (no config file); create one with `arkiv init`"
+    )]
     NotARepository { location: String },
 
     #[error("{location} already holds an Arkiv repository")]
     AlreadyExists { location: String },
 
-    #[error("wrong password or key file: none of the {slots} key slot(s) of {location} opens with it")]
+    #[error(
+        "wrong password or key file: none of the {slots} key slot(s) of {location} opens with it"
+    )]
     WrongPassword { location: String, slots: usize },
 
     #[error("{object}: repository format version {found} is newer than this arkiv understands (up to {supported}); upgrade arkiv")]
-    UnsupportedVersion { object: String, found: u32, supported: u32 },
+    UnsupportedVersion {
+        object: String,
+        found: u32,
+        supported: u32,
+    },
 
     #[error("{object} is damaged: {reason}")]
     Corrupt { object: String, reason: String },
@@ -53,10 +65,16 @@ pub enum Error {
 
 impl Error {
     pub fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> Error {
-        Error::Corrupt { object: object.into(), reason: reason.into() }
+        Error::Corrupt {
+            object: object.into(),
+            reason: reason.into(),
+        }
     }
 
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Error {
-        Error::Io { path: path.as_ref().display().to_string(), source }
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
     }
 }

@@ -35,7 +35,9 @@ pub struct IndexFile {
 impl IndexFile {
     pub fn encode(&self) -> Vec<u8> {
         let blobs: usize = self.packs.iter().map(|p| p.entries.len()).sum();
-        let mut out = Vec::with_capacity(8 + self.supersedes.len() * 32 + self.packs.len() * 68 + blobs * ENTRY_LEN);
+        let mut out = Vec::with_capacity(
+            8 + self.supersedes.len() * 32 + self.packs.len() * 68 + blobs * ENTRY_LEN,
+        );
         out.extend_from_slice(&(self.supersedes.len() as u32).to_le_bytes());
         for s in &self.supersedes {
             out.extend_from_slice(&s.0);
@@ -73,7 +75,11 @@ impl IndexFile {
             let salt: [u8; SALT_LEN] = take(SALT_LEN)?.try_into().unwrap();
             let n = u32_of(take(4)?);
             let raw = take(n.checked_mul(ENTRY_LEN).ok_or_else(bad)?)?;
-            let entries = raw.chunks_exact(ENTRY_LEN).map(PackEntry::decode).collect::<Option<Vec<_>>>().ok_or_else(bad)?;
+            let entries = raw
+                .chunks_exact(ENTRY_LEN)
+                .map(PackEntry::decode)
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(bad)?;
             packs.push(IndexedPack { id, salt, entries });
         }
         if pos != b.len() {
@@ -133,7 +139,10 @@ impl Index {
     pub fn add_file(&mut self, file_id: Id, file: IndexFile) {
         self.files.push(file_id);
         for p in file.packs {
-            let n = self.pack_number(PackRef { id: p.id, salt: p.salt });
+            let n = self.pack_number(PackRef {
+                id: p.id,
+                salt: p.salt,
+            });
             self.entries.extend(p.entries.iter().map(|e| Entry {
                 id: e.id.0,
                 pack: n,
@@ -165,7 +174,10 @@ impl Index {
     }
 
     fn find(&self, id: &Id) -> Option<&Entry> {
-        self.entries.binary_search_by(|e| e.id.cmp(&id.0)).ok().map(|i| &self.entries[i])
+        self.entries
+            .binary_search_by(|e| e.id.cmp(&id.0))
+            .ok()
+            .map(|i| &self.entries[i])
     }
 
     pub fn contains(&self, id: &Id) -> bool {
@@ -229,7 +241,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn entry(id: [u8; 32], offset: u32) -> PackEntry {
-        PackEntry { id: Id(id), blob_type: BlobType::Data, compressed: offset % 2 == 0, offset, length: 100, raw_length: 90 }
+        PackEntry {
+            id: Id(id),
+            blob_type: BlobType::Data,
+            compressed: offset % 2 == 0,
+            offset,
+            length: 100,
+            raw_length: 90,
+        }
     }
 
     proptest! {
@@ -265,7 +284,14 @@ mod tests {
 
     #[test]
     fn truncated_index_is_an_error() {
-        let f = IndexFile { supersedes: vec![], packs: vec![IndexedPack { id: Id([1; 32]), salt: [0; 32], entries: vec![entry([3; 32], 0)] }] };
+        let f = IndexFile {
+            supersedes: vec![],
+            packs: vec![IndexedPack {
+                id: Id([1; 32]),
+                salt: [0; 32],
+                entries: vec![entry([3; 32], 0)],
+            }],
+        };
         let b = f.encode();
         assert!(IndexFile::decode("i", &b[..b.len() - 1]).is_err());
     }

@@ -6,7 +6,9 @@
 //! preamble) with its offset as nonce. The header repeats what the index
 //! says, so a lost index can be rebuilt from the packs alone.
 
-use crate::crypto::{offset_nonce, random_salt, MasterKey, ObjectCipher, HEADER_NONCE, SALT_LEN, TAG_LEN};
+use crate::crypto::{
+    offset_nonce, random_salt, MasterKey, ObjectCipher, HEADER_NONCE, SALT_LEN, TAG_LEN,
+};
 use crate::error::{Error, Result};
 use crate::id::Id;
 
@@ -101,7 +103,12 @@ impl Packer {
         buf.extend_from_slice(PACK_MAGIC);
         buf.extend_from_slice(&[PACK_VERSION, 0, 0, 0]);
         buf.extend_from_slice(&salt);
-        Packer { salt, cipher: key.pack_cipher(&salt), buf, entries: Vec::new() }
+        Packer {
+            salt,
+            cipher: key.pack_cipher(&salt),
+            buf,
+            entries: Vec::new(),
+        }
     }
 
     /// Bytes written so far (preamble and blobs).
@@ -118,10 +125,18 @@ impl Packer {
     }
 
     /// Seals `stored` (the blob's bytes, compressed or not) into the pack.
-    pub fn add(&mut self, id: Id, blob_type: BlobType, stored: &[u8], compressed: bool, raw_length: u32) -> PackEntry {
+    pub fn add(
+        &mut self,
+        id: Id,
+        blob_type: BlobType,
+        stored: &[u8],
+        compressed: bool,
+        raw_length: u32,
+    ) -> PackEntry {
         let offset = self.buf.len();
         self.buf.extend_from_slice(stored);
-        self.cipher.seal_tail(&offset_nonce(offset as u64), &[], &mut self.buf, offset);
+        self.cipher
+            .seal_tail(&offset_nonce(offset as u64), &[], &mut self.buf, offset);
         let e = PackEntry {
             id,
             blob_type,
@@ -135,7 +150,12 @@ impl Packer {
     }
 
     pub fn finish(self) -> FinishedPack {
-        let Packer { salt, cipher, mut buf, entries } = self;
+        let Packer {
+            salt,
+            cipher,
+            mut buf,
+            entries,
+        } = self;
         let mut header = Vec::with_capacity(4 + entries.len() * ENTRY_LEN);
         header.extend_from_slice(&(entries.len() as u32).to_le_bytes());
         for e in &entries {
@@ -144,7 +164,12 @@ impl Packer {
         let sealed = cipher.seal(&HEADER_NONCE, &buf[..8], &header);
         buf.extend_from_slice(&sealed);
         buf.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
-        FinishedPack { id: Id::of_stored(&buf), salt, bytes: buf, entries }
+        FinishedPack {
+            id: Id::of_stored(&buf),
+            salt,
+            bytes: buf,
+            entries,
+        }
     }
 }
 
@@ -154,20 +179,31 @@ pub fn read_preamble(object: &str, b: &[u8]) -> Result<[u8; SALT_LEN]> {
         return Err(Error::corrupt(object, "not an Arkiv pack (bad magic)"));
     }
     if b[4] > PACK_VERSION {
-        return Err(Error::UnsupportedVersion { object: object.into(), found: b[4] as u32, supported: PACK_VERSION as u32 });
+        return Err(Error::UnsupportedVersion {
+            object: object.into(),
+            found: b[4] as u32,
+            supported: PACK_VERSION as u32,
+        });
     }
     Ok(b[8..PREAMBLE_LEN].try_into().unwrap())
 }
 
 /// Decrypts and parses the header of a whole pack held in memory.
-pub fn read_header(key: &MasterKey, object: &str, pack: &[u8]) -> Result<([u8; SALT_LEN], Vec<PackEntry>)> {
+pub fn read_header(
+    key: &MasterKey,
+    object: &str,
+    pack: &[u8],
+) -> Result<([u8; SALT_LEN], Vec<PackEntry>)> {
     let salt = read_preamble(object, pack)?;
     if pack.len() < PREAMBLE_LEN + 4 {
         return Err(Error::corrupt(object, "truncated"));
     }
     let hlen = u32::from_le_bytes(pack[pack.len() - 4..].try_into().unwrap()) as usize;
     if hlen + 4 + PREAMBLE_LEN > pack.len() || hlen < TAG_LEN + 4 {
-        return Err(Error::corrupt(object, "header length out of range (truncated pack?)"));
+        return Err(Error::corrupt(
+            object,
+            "header length out of range (truncated pack?)",
+        ));
     }
     let start = pack.len() - 4 - hlen;
     let header = key
@@ -185,7 +221,10 @@ pub fn read_header(key: &MasterKey, object: &str, pack: &[u8]) -> Result<([u8; S
         .ok_or_else(|| Error::corrupt(object, "pack header names an unknown blob type"))?;
     for e in &entries {
         if e.offset as usize + e.length as usize > start {
-            return Err(Error::corrupt(object, format!("blob {} lies outside the pack", e.id)));
+            return Err(Error::corrupt(
+                object,
+                format!("blob {} lies outside the pack", e.id),
+            ));
         }
     }
     Ok((salt, entries))
@@ -194,14 +233,21 @@ pub fn read_header(key: &MasterKey, object: &str, pack: &[u8]) -> Result<([u8; S
 /// Decrypts one blob's ciphertext, decompresses it and checks that its
 /// keyed hash is the id it was stored under: the end-to-end verification
 /// every restore and `check --read-data` relies on.
-pub fn open_blob(key: &MasterKey, cipher: &ObjectCipher, entry: &PackEntry, ciphertext: &[u8], object: &str) -> Result<Vec<u8>> {
+pub fn open_blob(
+    key: &MasterKey,
+    cipher: &ObjectCipher,
+    entry: &PackEntry,
+    ciphertext: &[u8],
+    object: &str,
+) -> Result<Vec<u8>> {
     let what = || format!("blob {} in pack {}", entry.id, object);
     let stored = cipher
         .open(&offset_nonce(entry.offset as u64), &[], ciphertext)
         .ok_or_else(|| Error::corrupt(what(), "authentication failed"))?;
     let plain = if entry.compressed {
         let mut out = Vec::with_capacity(entry.raw_length as usize);
-        zstd::stream::copy_decode(&stored[..], &mut out).map_err(|e| Error::corrupt(what(), format!("decompression failed: {e}")))?;
+        zstd::stream::copy_decode(&stored[..], &mut out)
+            .map_err(|e| Error::corrupt(what(), format!("decompression failed: {e}")))?;
         out
     } else {
         stored
@@ -250,15 +296,28 @@ mod tests {
         f.bytes[e1.offset as usize + 2] ^= 0x40;
         let (salt, entries) = read_header(&k, "p", &f.bytes).unwrap();
         let c = k.pack_cipher(&salt);
-        let ct = |e: &PackEntry| f.bytes[e.offset as usize..(e.offset + e.length) as usize].to_vec();
+        let ct =
+            |e: &PackEntry| f.bytes[e.offset as usize..(e.offset + e.length) as usize].to_vec();
         assert!(open_blob(&k, &c, &entries[0], &ct(&entries[0]), "p").is_ok());
-        let err = open_blob(&k, &c, &entries[1], &ct(&entries[1]), "p").unwrap_err().to_string();
-        assert!(err.contains(&e1.id.to_hex()) && err.contains("authentication failed"), "{err}");
+        let err = open_blob(&k, &c, &entries[1], &ct(&entries[1]), "p")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&e1.id.to_hex()) && err.contains("authentication failed"),
+            "{err}"
+        );
     }
 
     #[test]
     fn entry_encoding_is_48_bytes() {
-        let e = PackEntry { id: Id([7; 32]), blob_type: BlobType::Tree, compressed: true, offset: 1, length: 2, raw_length: 3 };
+        let e = PackEntry {
+            id: Id([7; 32]),
+            blob_type: BlobType::Tree,
+            compressed: true,
+            offset: 1,
+            length: 2,
+            raw_length: 3,
+        };
         let mut v = Vec::new();
         e.encode(&mut v);
         assert_eq!(v.len(), ENTRY_LEN);

@@ -47,7 +47,12 @@ pub struct InitOptions {
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions { chunker: ChunkerParams::default(), compression: 3, pack_size: 16 << 20, kdf: KdfParams::default() }
+        InitOptions {
+            chunker: ChunkerParams::default(),
+            compression: 3,
+            pack_size: 16 << 20,
+            kdf: KdfParams::default(),
+        }
     }
 }
 
@@ -55,7 +60,10 @@ impl InitOptions {
     fn validate(&self) -> Result<()> {
         self.chunker.validate().map_err(Error::Invalid)?;
         if !(0..=22).contains(&self.compression) {
-            return Err(Error::Invalid(format!("compression level {} is not in 0..=22", self.compression)));
+            return Err(Error::Invalid(format!(
+                "compression level {} is not in 0..=22",
+                self.compression
+            )));
         }
         if self.pack_size < self.chunker.max_size || self.pack_size > 256 << 20 {
             return Err(Error::Invalid(format!(
@@ -93,7 +101,9 @@ impl Repository {
     pub fn init(backend: Backend, cred: &Credential, opts: InitOptions) -> Result<Repository> {
         opts.validate()?;
         if backend.exists(FileKind::Config, "config")? {
-            return Err(Error::AlreadyExists { location: backend.location().to_string() });
+            return Err(Error::AlreadyExists {
+                location: backend.location().to_string(),
+            });
         }
         let key = MasterKey::generate();
         let config = RepoConfig {
@@ -110,9 +120,19 @@ impl Repository {
         // The key slot goes first: a config without a slot would be a
         // repository nobody can open.
         backend.write(FileKind::Key, &slot_id, slot_bytes)?;
-        let sealed = envelope::seal(&key, EnvelopeKind::Config, &serde_json::to_vec(&config).unwrap(), 3);
+        let sealed = envelope::seal(
+            &key,
+            EnvelopeKind::Config,
+            &serde_json::to_vec(&config).unwrap(),
+            3,
+        );
         backend.write(FileKind::Config, "config", sealed)?;
-        Ok(Repository(Arc::new(Inner { backend, key, config, slot: slot_id })))
+        Ok(Repository(Arc::new(Inner {
+            backend,
+            key,
+            config,
+            slot: slot_id,
+        })))
     }
 
     /// Opens an existing repository with a password or key file.
@@ -132,10 +152,13 @@ impl Repository {
             let slot = KeySlot::parse(name, &backend.read(FileKind::Key, name)?)?;
             if let Some(key) = slot.unwrap_key(name, cred)? {
                 let plain = envelope::open(&key, "config", &config_bytes, EnvelopeKind::Config)?;
-                let config: RepoConfig =
-                    serde_json::from_slice(&plain).map_err(|e| Error::corrupt("config", e.to_string()))?;
+                let config: RepoConfig = serde_json::from_slice(&plain)
+                    .map_err(|e| Error::corrupt("config", e.to_string()))?;
                 if config.id != slot.repository {
-                    return Err(Error::corrupt(format!("keys/{name}"), "belongs to another repository"));
+                    return Err(Error::corrupt(
+                        format!("keys/{name}"),
+                        "belongs to another repository",
+                    ));
                 }
                 if config.version > envelope::FORMAT_VERSION as u32 {
                     return Err(Error::UnsupportedVersion {
@@ -144,10 +167,18 @@ impl Repository {
                         supported: envelope::FORMAT_VERSION as u32,
                     });
                 }
-                return Ok(Repository(Arc::new(Inner { backend, key, config, slot: name.clone() })));
+                return Ok(Repository(Arc::new(Inner {
+                    backend,
+                    key,
+                    config,
+                    slot: name.clone(),
+                })));
             }
         }
-        Err(Error::WrongPassword { location, slots: slots.len() })
+        Err(Error::WrongPassword {
+            location,
+            slots: slots.len(),
+        })
     }
 
     pub fn backend(&self) -> &Backend {
@@ -177,7 +208,11 @@ impl Repository {
         let mut out = Vec::new();
         for (name, _) in self.backend().list(FileKind::Key)? {
             let slot = KeySlot::parse(&name, &self.backend().read(FileKind::Key, &name)?)?;
-            out.push(SlotInfo { current: name == self.0.slot, id: name, slot });
+            out.push(SlotInfo {
+                current: name == self.0.slot,
+                id: name,
+                slot,
+            });
         }
         out.sort_by_key(|s| s.slot.created);
         Ok(out)
@@ -196,17 +231,33 @@ impl Repository {
     /// slot are refused, so a repository can never be locked out by this.
     pub fn remove_key(&self, prefix: &str, allow_current: bool) -> Result<String> {
         let slots = self.backend().list(FileKind::Key)?;
-        let matching: Vec<_> = slots.iter().filter(|(n, _)| n.starts_with(prefix)).collect();
+        let matching: Vec<_> = slots
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .collect();
         let id = match matching.as_slice() {
-            [] => return Err(Error::NotFound { what: format!("key slot {prefix}") }),
+            [] => {
+                return Err(Error::NotFound {
+                    what: format!("key slot {prefix}"),
+                })
+            }
             [(id, _)] => id.clone(),
-            _ => return Err(Error::Invalid(format!("'{prefix}' matches {} key slots; give more digits", matching.len()))),
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "'{prefix}' matches {} key slots; give more digits",
+                    matching.len()
+                )))
+            }
         };
         if slots.len() == 1 {
-            return Err(Error::Invalid(format!("key slot {id} is the last one; add another before removing it")));
+            return Err(Error::Invalid(format!(
+                "key slot {id} is the last one; add another before removing it"
+            )));
         }
         if id == self.0.slot && !allow_current {
-            return Err(Error::Invalid(format!("key slot {id} is the one this command opened with; use another key to remove it")));
+            return Err(Error::Invalid(format!(
+                "key slot {id} is the one this command opened with; use another key to remove it"
+            )));
         }
         self.backend().delete(FileKind::Key, &id)?;
         Ok(id)
@@ -219,9 +270,15 @@ impl Repository {
     // ---- snapshots ----
 
     pub fn save_snapshot(&self, s: &Snapshot) -> Result<Id> {
-        let sealed = envelope::seal(self.key(), EnvelopeKind::Snapshot, &serde_json::to_vec(s).unwrap(), 3);
+        let sealed = envelope::seal(
+            self.key(),
+            EnvelopeKind::Snapshot,
+            &serde_json::to_vec(s).unwrap(),
+            3,
+        );
         let id = Id::of_stored(&sealed);
-        self.backend().write(FileKind::Snapshot, &id.to_hex(), sealed)?;
+        self.backend()
+            .write(FileKind::Snapshot, &id.to_hex(), sealed)?;
         Ok(id)
     }
 
@@ -246,8 +303,13 @@ impl Repository {
         let mut out = names
             .par_iter()
             .map(|(name, _)| {
-                let id: Id = name.parse().map_err(|_| Error::corrupt(name, "bad snapshot name"))?;
-                Ok(SnapshotEntry { id, snapshot: self.load_snapshot(&id)? })
+                let id: Id = name
+                    .parse()
+                    .map_err(|_| Error::corrupt(name, "bad snapshot name"))?;
+                Ok(SnapshotEntry {
+                    id,
+                    snapshot: self.load_snapshot(&id)?,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         out.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
@@ -268,15 +330,27 @@ impl Repository {
             return Err(Error::SnapshotNotFound(spec.into()));
         }
         let spec_l = spec.to_ascii_lowercase();
-        let names: Vec<_> =
-            self.backend().list(FileKind::Snapshot)?.into_iter().filter(|(n, _)| n.starts_with(&spec_l)).collect();
+        let names: Vec<_> = self
+            .backend()
+            .list(FileKind::Snapshot)?
+            .into_iter()
+            .filter(|(n, _)| n.starts_with(&spec_l))
+            .collect();
         match names.as_slice() {
             [] => Err(Error::SnapshotNotFound(spec.into())),
             [(n, _)] => {
-                let id: Id = n.parse().map_err(|_| Error::corrupt(n, "bad snapshot name"))?;
-                Ok(SnapshotEntry { id, snapshot: self.load_snapshot(&id)? })
+                let id: Id = n
+                    .parse()
+                    .map_err(|_| Error::corrupt(n, "bad snapshot name"))?;
+                Ok(SnapshotEntry {
+                    id,
+                    snapshot: self.load_snapshot(&id)?,
+                })
             }
-            _ => Err(Error::AmbiguousSnapshot { prefix: spec.into(), count: names.len() }),
+            _ => Err(Error::AmbiguousSnapshot {
+                prefix: spec.into(),
+                count: names.len(),
+            }),
         }
     }
 
@@ -294,9 +368,15 @@ impl Repository {
     }
 
     pub fn save_index_file(&self, f: &IndexFile) -> Result<Id> {
-        let sealed = envelope::seal(self.key(), EnvelopeKind::Index, &f.encode(), self.config().compression.max(1));
+        let sealed = envelope::seal(
+            self.key(),
+            EnvelopeKind::Index,
+            &f.encode(),
+            self.config().compression.max(1),
+        );
         let id = Id::of_stored(&sealed);
-        self.backend().write(FileKind::Index, &id.to_hex(), sealed)?;
+        self.backend()
+            .write(FileKind::Index, &id.to_hex(), sealed)?;
         Ok(id)
     }
 
@@ -313,14 +393,20 @@ impl Repository {
         let mut index = Index::new();
         // Files superseded by another (after prune) are skipped: their
         // replacement already lists what is still stored.
-        let superseded: std::collections::HashSet<Id> = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
+        let superseded: std::collections::HashSet<Id> = files
+            .iter()
+            .flat_map(|(_, f)| f.supersedes.iter().copied())
+            .collect();
         for (id, f) in files {
             if !superseded.contains(&id) {
                 index.add_file(id, f);
             }
         }
         index.finish();
-        Ok(Indexed { repo: self, index: Arc::new(index) })
+        Ok(Indexed {
+            repo: self,
+            index: Arc::new(index),
+        })
     }
 }
 
@@ -332,6 +418,15 @@ pub struct Indexed {
 }
 
 impl Indexed {
+    /// An indexed state from an index built elsewhere (check builds its
+    /// own, tolerating damaged index files).
+    pub fn from_parts(repo: Repository, index: Index) -> Indexed {
+        Indexed {
+            repo,
+            index: Arc::new(index),
+        }
+    }
+
     pub fn repo(&self) -> &Repository {
         &self.repo
     }
@@ -348,7 +443,12 @@ impl Indexed {
 
     pub fn read_located(&self, loc: &BlobLocation) -> Result<Vec<u8>> {
         let name = loc.pack.id.to_hex();
-        let ct = self.repo.backend().read_range(FileKind::Pack, &name, loc.entry.offset as u64, loc.entry.length as u64)?;
+        let ct = self.repo.backend().read_range(
+            FileKind::Pack,
+            &name,
+            loc.entry.offset as u64,
+            loc.entry.length as u64,
+        )?;
         let cipher = self.repo.key().pack_cipher(&loc.pack.salt);
         pack::open_blob(self.repo.key(), &cipher, &loc.entry, &ct, &name)
     }
@@ -361,6 +461,50 @@ impl Indexed {
         Tree::decode(&format!("tree {id}"), &self.read_located(&loc)?)
     }
 
+    /// Depth-first walk of a tree in name order; `f` gets each node's full
+    /// path inside the snapshot (starting with `/`) and the node.
+    pub fn walk_tree(
+        &self,
+        root: &Id,
+        f: &mut dyn FnMut(&str, &crate::tree::Node) -> Result<()>,
+    ) -> Result<()> {
+        fn go(
+            ix: &Indexed,
+            id: &Id,
+            prefix: &str,
+            f: &mut dyn FnMut(&str, &crate::tree::Node) -> Result<()>,
+        ) -> Result<()> {
+            let tree = ix.load_tree(id)?;
+            for n in &tree.nodes {
+                let path = format!("{prefix}/{}", n.name.lossy());
+                f(&path, n)?;
+                if let Some(sub) = &n.subtree {
+                    go(ix, sub, &path, f)?;
+                }
+            }
+            Ok(())
+        }
+        go(self, root, "", f)
+    }
+
+    /// The tree of the directory at `path` inside the tree `root`
+    /// (`/` or empty for the root itself).
+    pub fn find_subtree(&self, root: &Id, path: &str) -> Result<Id> {
+        let mut cur = *root;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            let tree = self.load_tree(&cur)?;
+            let node =
+                tree.find(&crate::tree::Name::from(part))
+                    .ok_or_else(|| Error::NotFound {
+                        what: format!("path {path} in the snapshot"),
+                    })?;
+            cur = node.subtree.ok_or_else(|| {
+                Error::Invalid(format!("{path} is not a directory in the snapshot"))
+            })?;
+        }
+        Ok(cur)
+    }
+
     /// Fetches many blobs with few requests: grouped by pack, each pack read
     /// in one ranged request spanning the wanted blobs (when they are dense
     /// enough) and packs processed in parallel. `f` receives each blob or the
@@ -369,7 +513,8 @@ impl Indexed {
     where
         F: Fn(Id, Result<Vec<u8>>) + Sync,
     {
-        let mut by_pack: std::collections::HashMap<Id, Vec<BlobLocation>> = std::collections::HashMap::new();
+        let mut by_pack: std::collections::HashMap<Id, Vec<BlobLocation>> =
+            std::collections::HashMap::new();
         for id in ids {
             match self.index.get(id) {
                 Some(loc) => by_pack.entry(loc.pack.id).or_default().push(loc),
@@ -390,18 +535,34 @@ impl Indexed {
                 let start = locs[i].entry.offset as u64;
                 let mut end = start + locs[i].entry.length as u64;
                 let mut j = i + 1;
-                while j < locs.len() && (locs[j].entry.offset as u64) <= end + GAP && end - start < 64 << 20 {
+                while j < locs.len()
+                    && (locs[j].entry.offset as u64) <= end + GAP
+                    && end - start < 16 << 20
+                {
                     end = end.max(locs[j].entry.offset as u64 + locs[j].entry.length as u64);
                     j += 1;
                 }
-                match self.repo.backend().read_range(FileKind::Pack, &pack_name, start, end - start) {
+                match self
+                    .repo
+                    .backend()
+                    .read_range(FileKind::Pack, &pack_name, start, end - start)
+                {
                     Ok(buf) => {
                         locs[i..j].par_iter().for_each(|l| {
                             let a = (l.entry.offset as u64 - start) as usize;
                             let ct = buf.get(a..a + l.entry.length as usize);
                             let r = match ct {
-                                Some(ct) => pack::open_blob(self.repo.key(), &cipher, &l.entry, ct, &pack_name),
-                                None => Err(Error::corrupt(format!("pack {pack_name}"), "shorter than the index says")),
+                                Some(ct) => pack::open_blob(
+                                    self.repo.key(),
+                                    &cipher,
+                                    &l.entry,
+                                    ct,
+                                    &pack_name,
+                                ),
+                                None => Err(Error::corrupt(
+                                    format!("pack {pack_name}"),
+                                    "shorter than the index says",
+                                )),
                             };
                             f(l.entry.id, r);
                         });
@@ -409,7 +570,10 @@ impl Indexed {
                     Err(e) => {
                         let msg = e.to_string();
                         for l in &locs[i..j] {
-                            f(l.entry.id, Err(Error::corrupt(format!("pack {pack_name}"), msg.clone())));
+                            f(
+                                l.entry.id,
+                                Err(Error::corrupt(format!("pack {pack_name}"), msg.clone())),
+                            );
                         }
                     }
                 }

@@ -85,7 +85,10 @@ impl Shared {
             }
             std::mem::take(&mut *p)
         };
-        self.repo.save_index_file(&IndexFile { supersedes: vec![], packs })?;
+        self.repo.save_index_file(&IndexFile {
+            supersedes: vec![],
+            packs,
+        })?;
         self.counters.index_files.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -97,11 +100,22 @@ fn upload_loop(shared: Arc<Shared>, rx: Receiver<FinishedPack>) {
             continue;
         }
         let len = pack.bytes.len() as u64;
-        match shared.repo.backend().write(FileKind::Pack, &pack.id.to_hex(), pack.bytes) {
+        match shared
+            .repo
+            .backend()
+            .write(FileKind::Pack, &pack.id.to_hex(), pack.bytes)
+        {
             Ok(()) => {
                 shared.counters.packs.fetch_add(1, Ordering::Relaxed);
-                shared.counters.bytes_stored.fetch_add(len, Ordering::Relaxed);
-                shared.pending.lock().unwrap().push(IndexedPack { id: pack.id, salt: pack.salt, entries: pack.entries });
+                shared
+                    .counters
+                    .bytes_stored
+                    .fetch_add(len, Ordering::Relaxed);
+                shared.pending.lock().unwrap().push(IndexedPack {
+                    id: pack.id,
+                    salt: pack.salt,
+                    entries: pack.entries,
+                });
                 if let Err(e) = shared.write_pending_index(INDEX_FLUSH_PACKS) {
                     shared.fail(e);
                 }
@@ -144,9 +158,19 @@ pub struct Writer {
     uploaders: Vec<JoinHandle<()>>,
     pack_size: usize,
     level: i32,
+    /// Count what would be stored; store nothing.
+    dry_run: bool,
 }
 
 impl Writer {
+    /// A writer that chunks, hashes and counts but writes nothing: for
+    /// `backup --dry-run`.
+    pub fn new_dry_run(indexed: &Indexed) -> Writer {
+        let mut w = Writer::new(indexed);
+        w.dry_run = true;
+        w
+    }
+
     pub fn new(indexed: &Indexed) -> Writer {
         let repo = indexed.repo().clone();
         let shared = Arc::new(Shared {
@@ -160,7 +184,10 @@ impl Writer {
         let uploaders = (0..UPLOADERS)
             .map(|i| {
                 let (s, r) = (shared.clone(), rx.clone());
-                std::thread::Builder::new().name(format!("arkiv-upload-{i}")).spawn(move || upload_loop(s, r)).expect("spawn uploader")
+                std::thread::Builder::new()
+                    .name(format!("arkiv-upload-{i}"))
+                    .spawn(move || upload_loop(s, r))
+                    .expect("spawn uploader")
             })
             .collect();
         Writer {
@@ -173,12 +200,20 @@ impl Writer {
             packers: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
             tx: Some(tx),
             uploaders,
+            dry_run: false,
         }
     }
 
     fn check_failed(&self) -> Result<()> {
         if self.shared.failed.load(Ordering::SeqCst) {
-            let msg = self.shared.failure.lock().unwrap().as_ref().map(|e| e.to_string()).unwrap_or_default();
+            let msg = self
+                .shared
+                .failure
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             return Err(Error::Invalid(format!("backup stopped: {msg}")));
         }
         Ok(())
@@ -201,13 +236,28 @@ impl Writer {
         if self.index.contains(&id) || !self.seen.lock().unwrap().insert(id) {
             return Ok(false);
         }
+        if self.dry_run {
+            let c = &self.shared.counters;
+            c.blobs_new.fetch_add(1, Ordering::Relaxed);
+            c.bytes_new.fetch_add(data.len() as u64, Ordering::Relaxed);
+            return Ok(true);
+        }
         let compressed = compress(self.level, data);
         let stored = compressed.as_deref().unwrap_or(data);
         let pool = &self.packers[blob_type as usize];
         let mut packer = pool.lock().unwrap().pop().unwrap_or_else(|| {
-            Packer::new(self.shared.repo.key(), self.pack_size + self.chunker.params().max_size as usize + 4096)
+            Packer::new(
+                self.shared.repo.key(),
+                self.pack_size + self.chunker.params().max_size as usize + 4096,
+            )
         });
-        packer.add(id, blob_type, stored, compressed.is_some(), data.len() as u32);
+        packer.add(
+            id,
+            blob_type,
+            stored,
+            compressed.is_some(),
+            data.len() as u32,
+        );
         let c = &self.shared.counters;
         c.blobs_new.fetch_add(1, Ordering::Relaxed);
         c.bytes_new.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -221,7 +271,8 @@ impl Writer {
 
     fn send(&self, pack: FinishedPack) -> Result<()> {
         let tx = self.tx.as_ref().expect("writer is open");
-        tx.send(pack).map_err(|_| Error::Invalid("upload threads stopped".into()))?;
+        tx.send(pack)
+            .map_err(|_| Error::Invalid("upload threads stopped".into()))?;
         self.check_failed()
     }
 
@@ -241,12 +292,19 @@ impl Writer {
         if chunks.len() == 1 {
             return Ok(vec![self.save_blob(BlobType::Data, chunks[0])?]);
         }
-        chunks.par_iter().map(|c| self.save_blob(BlobType::Data, c)).collect()
+        chunks
+            .par_iter()
+            .map(|c| self.save_blob(BlobType::Data, c))
+            .collect()
     }
 
     /// Chunks and stores a stream; `progress` is told each batch's length.
     /// Returns the blob ids and the stream's length.
-    pub fn save_stream<R: Read>(&self, r: R, progress: &(dyn Fn(u64) + Sync)) -> Result<(Vec<Id>, u64)> {
+    pub fn save_stream<R: Read>(
+        &self,
+        r: R,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(Vec<Id>, u64)> {
         let mut ids = Vec::new();
         let mut failure = None;
         let res = self.chunker.stream(r, STREAM_BATCH, |chunks| {
@@ -263,7 +321,10 @@ impl Writer {
         if let Some(e) = failure {
             return Err(e);
         }
-        let len = res.map_err(|e| Error::Io { path: "stream".into(), source: e })?;
+        let len = res.map_err(|e| Error::Io {
+            path: "stream".into(),
+            source: e,
+        })?;
         Ok((ids, len))
     }
 
@@ -300,7 +361,9 @@ impl Writer {
         if let Some(e) = self.shared.failure.lock().unwrap().take() {
             return Err(e);
         }
-        self.shared.write_pending_index(0)?;
+        if !self.dry_run {
+            self.shared.write_pending_index(0)?;
+        }
         Ok(self.stats())
     }
 }

@@ -1,0 +1,23 @@
+//! Errors of the sources. File-level problems name the file; repository
+//! failures keep the engine's error, which names the object.
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Repo(#[from] arkiv_repo::Error),
+
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(transparent)]
+    Pattern(#[from] crate::files::filter::PatternError),
+
+    #[error("{0}")]
+    Invalid(String),
+}

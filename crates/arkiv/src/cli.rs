@@ -1,0 +1,244 @@
+//! Command-line definitions. Kept apart from what the commands do so the
+//! help text, the flags and their environment variables read in one place.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "arkiv",
+    version,
+    about = "Backup and disaster recovery for the data an application lives on",
+    after_help = "Exit codes: 0 success, 1 error, 2 bad usage, 3 partial (finished, but some files could not be saved or restored).\nLogs: set RUST_LOG (e.g. RUST_LOG=debug) for detail on standard error."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Repository location (a directory path)
+    #[arg(short = 'r', long, env = "ARKIV_REPO", global = true)]
+    pub repo: Option<String>,
+    /// Read the password from this file (first line)
+    #[arg(long, env = "ARKIV_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Open the repository with a key file instead of a password
+    #[arg(long, env = "ARKIV_KEY_FILE", global = true)]
+    pub key_file: Option<PathBuf>,
+    /// Print results as JSON on standard output
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only errors and warnings
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Never draw progress bars, even on a terminal
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new repository
+    Init(InitArgs),
+    /// Back up files and directories (or standard input)
+    Backup(BackupArgs),
+    /// List snapshots
+    Snapshots(FilterArgs),
+    /// List the files in a snapshot
+    Ls(LsArgs),
+    /// Show what changed between two snapshots
+    Diff(DiffArgs),
+    /// Find files by name or path pattern across snapshots
+    Find(FindArgs),
+    /// Restore a snapshot into a directory
+    Restore(RestoreArgs),
+    /// Verify the repository's structure and, optionally, its data
+    Check(CheckArgs),
+    /// Show repository or snapshot sizes
+    Stats(StatsArgs),
+    /// Manage the key slots that unlock the repository
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Print a repository object, decrypted (for debugging)
+    Cat(CatArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// zstd level for new data, 0 (off) to 22
+    #[arg(long, default_value_t = 3)]
+    pub compression: i32,
+    /// Target pack size in MiB (16 to 64 recommended)
+    #[arg(long, default_value_t = 16)]
+    pub pack_size_mib: u32,
+    /// Argon2id memory cost in KiB for the first password slot
+    #[arg(long, default_value_t = 65536)]
+    pub argon2_memory_kib: u32,
+    /// Argon2id passes for the first password slot
+    #[arg(long, default_value_t = 3)]
+    pub argon2_iterations: u32,
+    /// Unlock with a new key file written here instead of a password
+    #[arg(long)]
+    pub new_key_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct FilterArgs {
+    /// Only snapshots from this host
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only snapshots with this tag (repeat for all of several)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Only snapshots that include this path
+    #[arg(long = "path")]
+    pub paths: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Files and directories to back up
+    pub paths: Vec<PathBuf>,
+    /// Leave out matching paths (a pattern without '/' matches a name anywhere; with '/', a path)
+    #[arg(short = 'e', long = "exclude")]
+    pub excludes: Vec<String>,
+    /// Read exclude patterns from a file, one per line ('#' starts a comment)
+    #[arg(long = "exclude-file")]
+    pub exclude_files: Vec<PathBuf>,
+    /// Leave out the contents of directories with a CACHEDIR.TAG
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Stay on the file system of each path given
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
+    /// Tag the snapshot (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Record this host name instead of the machine's
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Compare against this snapshot instead of the latest of the same paths
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// Read every file, even those unchanged since the parent snapshot
+    #[arg(long)]
+    pub force: bool,
+    /// Read and count everything, write nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Back up standard input as one file
+    #[arg(long)]
+    pub stdin: bool,
+    /// The file name standard input is saved under (implies --stdin)
+    #[arg(long)]
+    pub stdin_filename: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Snapshot: `latest`, an id or a unique prefix
+    pub snapshot: String,
+    /// Only list below this path
+    pub path: Option<String>,
+    /// Show type, mode, size and time
+    #[arg(short, long)]
+    pub long: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    pub first: String,
+    pub second: String,
+}
+
+#[derive(Args, Debug)]
+pub struct FindArgs {
+    /// Patterns (same rules as --exclude)
+    #[arg(required = true)]
+    pub patterns: Vec<String>,
+    /// Search only this snapshot
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot: `latest`, an id or a unique prefix
+    pub snapshot: String,
+    /// Directory to restore into (created if missing)
+    #[arg(short, long)]
+    pub target: PathBuf,
+    /// Restore only matching paths (and everything inside matching directories)
+    #[arg(short, long = "include")]
+    pub includes: Vec<String>,
+    /// Do not restore matching paths
+    #[arg(short, long = "exclude")]
+    pub excludes: Vec<String>,
+    /// Replace files that already exist at the target
+    #[arg(long)]
+    pub overwrite: bool,
+    /// List what would be restored, write nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Also read and verify every pack
+    #[arg(long)]
+    pub read_data: bool,
+    /// Read and verify a random subset of packs: N%, a fraction, or n/m
+    #[arg(long, conflicts_with = "read_data")]
+    pub read_data_subset: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// A snapshot to size instead of the whole repository
+    pub snapshot: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// List key slots
+    List,
+    /// Add a password slot, or a key file slot with --new-key-file
+    Add(KeyAddArgs),
+    /// Remove a key slot by id or unique prefix
+    Remove { id: String },
+    /// Change the password: add a slot with the new one, remove the current
+    Passwd(KeyAddArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KeyAddArgs {
+    /// Read the new password from this file (otherwise prompt, or ARKIV_NEW_PASSWORD)
+    #[arg(long)]
+    pub new_password_file: Option<PathBuf>,
+    /// Create a key file here and add a slot for it
+    #[arg(long, conflicts_with = "new_password_file")]
+    pub new_key_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 65536)]
+    pub argon2_memory_kib: u32,
+    #[arg(long, default_value_t = 3)]
+    pub argon2_iterations: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct CatArgs {
+    /// config | keys | snapshot | index | tree | blob | pack
+    pub kind: String,
+    /// The object's id (a snapshot may be `latest` or a prefix)
+    pub id: Option<String>,
+}

@@ -1,0 +1,95 @@
+//! `arkiv backup`.
+
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use arkiv_source::files::{self, BackupOptions, PathFilter, Progress};
+
+use crate::cli::{BackupArgs, Global};
+use crate::output;
+use crate::progress::Ticker;
+
+pub fn run(g: &Global, a: BackupArgs) -> Result<ExitCode> {
+    let stdin = a.stdin || a.stdin_filename.is_some();
+    if stdin && !a.paths.is_empty() {
+        bail!("--stdin takes no paths");
+    }
+    if !stdin && a.paths.is_empty() {
+        bail!("nothing to back up: give at least one path, or --stdin");
+    }
+    let mut patterns = a.excludes.clone();
+    patterns.extend(PathFilter::read_pattern_files(&a.exclude_files)?);
+    let opts = BackupOptions {
+        paths: a.paths.clone(),
+        excludes: PathFilter::new(&patterns)?,
+        exclude_caches: a.exclude_caches,
+        one_file_system: a.one_file_system,
+        tags: a.tags.clone(),
+        host: a.host.clone(),
+        parent: a.parent.clone(),
+        force: a.force,
+        dry_run: a.dry_run,
+    };
+    let indexed = crate::context::open(g)?.index()?;
+    let progress = Arc::new(Progress::default());
+    let p = progress.clone();
+    let ticker = Ticker::start(g, "{spinner} {elapsed_precise} {msg}", move |bar| {
+        bar.set_message(format!(
+            "{} files, {} dirs, {} processed ({} read), {} errors",
+            p.files.load(Ordering::Relaxed),
+            p.dirs.load(Ordering::Relaxed),
+            output::bytes(p.bytes.load(Ordering::Relaxed)),
+            output::bytes(p.bytes_read.load(Ordering::Relaxed)),
+            p.errors.load(Ordering::Relaxed),
+        ));
+        bar.tick();
+    });
+    let outcome = if stdin {
+        let name = a.stdin_filename.clone().unwrap_or_else(|| "stdin".into());
+        files::backup_stream(&indexed, &name, std::io::stdin().lock(), &opts, &progress)
+    } else {
+        files::backup(&indexed, &opts, &progress)
+    };
+    ticker.finish();
+    let outcome = outcome?;
+    let s = &outcome.snapshot;
+    if g.json {
+        output::json(&serde_json::json!({
+            "id": outcome.id,
+            "dry_run": a.dry_run,
+            "partial": s.is_partial(),
+            "snapshot": s,
+        }));
+    } else if !g.quiet {
+        for k in s.skipped.iter().filter(|k| k.error) {
+            eprintln!("arkiv: warning: {}: {}", k.path, k.reason);
+        }
+        let m = &s.summary;
+        println!(
+            "files: {} new, {} changed, {} unmodified; {} directories",
+            m.files_new, m.files_changed, m.files_unmodified, m.dirs
+        );
+        println!(
+            "added: {} of new data in {} blobs ({} stored); {} read of {} total",
+            output::bytes(m.bytes_new),
+            m.blobs_new,
+            output::bytes(m.bytes_stored),
+            output::bytes(m.bytes_read),
+            output::bytes(m.total_bytes)
+        );
+        match outcome.id {
+            Some(id) => println!("snapshot {} saved in {:.2}s", id.short(), m.duration_secs),
+            None => println!("dry run: nothing was written ({:.2}s)", m.duration_secs),
+        }
+    }
+    if s.is_partial() {
+        let n = s.skipped.iter().filter(|k| k.error).count();
+        eprintln!(
+            "arkiv: backup is partial: {n} item(s) could not be read (listed in the snapshot)"
+        );
+        return Ok(ExitCode::from(crate::EXIT_PARTIAL));
+    }
+    Ok(ExitCode::SUCCESS)
+}

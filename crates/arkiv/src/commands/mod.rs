@@ -1,0 +1,40 @@
+//! One module per group of commands; each turns parsed arguments into
+//! library calls and prints the result.
+
+mod backup;
+mod browse;
+mod keys;
+mod maintenance;
+mod restore;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command, FilterArgs};
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init(a) => maintenance::init(g, a),
+        Command::Backup(a) => backup::run(g, a),
+        Command::Snapshots(a) => browse::snapshots(g, a),
+        Command::Ls(a) => browse::ls(g, a),
+        Command::Diff(a) => browse::diff(g, a),
+        Command::Find(a) => browse::find(g, a),
+        Command::Restore(a) => restore::run(g, a),
+        Command::Check(a) => maintenance::check(g, a),
+        Command::Stats(a) => maintenance::stats(g, a),
+        Command::Key(k) => keys::run(g, k),
+        Command::Cat(a) => maintenance::cat(g, a),
+    }
+}
+
+pub fn snapshot_filter(f: &FilterArgs) -> arkiv_repo::SnapshotFilter {
+    arkiv_repo::SnapshotFilter {
+        host: f.host.clone(),
+        tags: f.tags.clone(),
+        paths: f.paths.clone(),
+        source: None,
+    }
+}
