@@ -103,6 +103,10 @@ struct Entry {
     compressed: u8,
 }
 
+fn prefix(id: &[u8; 32]) -> usize {
+    u16::from_be_bytes([id[0], id[1]]) as usize
+}
+
 /// Bytes the in-memory index spends per blob (the figure quoted in the docs).
 pub const BYTES_PER_BLOB: usize = std::mem::size_of::<Entry>();
 
@@ -126,6 +130,10 @@ pub struct Index {
     packs: Vec<PackRef>,
     pack_numbers: HashMap<Id, u32>,
     entries: Vec<Entry>,
+    /// `buckets[b]..buckets[b + 1]` is the range of entries whose id starts
+    /// with the 16-bit prefix `b`: one cache-friendly step replaces the
+    /// first 16 of a binary search's ~23 scattered probes at 10 M blobs.
+    buckets: Vec<u32>,
     /// Index files this index was built from.
     files: Vec<Id>,
 }
@@ -133,6 +141,12 @@ pub struct Index {
 impl Index {
     pub fn new() -> Index {
         Index::default()
+    }
+
+    /// Reserves room for `additional` blobs, so loading a large index does
+    /// not pass through a doubled allocation.
+    pub fn reserve(&mut self, additional: usize) {
+        self.entries.reserve_exact(additional);
     }
 
     /// Adds one decoded index file. Call [`Index::finish`] after the last.
@@ -232,6 +246,7 @@ impl Index {
         self.entries.capacity() * BYTES_PER_BLOB
             + self.packs.capacity() * std::mem::size_of::<PackRef>()
             + self.pack_numbers.capacity() * (std::mem::size_of::<Id>() + 4 + 1)
+            + self.buckets.capacity() * 4
     }
 }
 

@@ -391,6 +391,12 @@ impl Repository {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut index = Index::new();
+        index.reserve(
+            files
+                .iter()
+                .map(|(_, f)| f.packs.iter().map(|p| p.entries.len()).sum::<usize>())
+                .sum(),
+        );
         // Files superseded by another (after prune) are skipped: their
         // replacement already lists what is still stored.
         let superseded: std::collections::HashSet<Id> = files
@@ -537,7 +543,7 @@ impl Indexed {
                 let mut j = i + 1;
                 while j < locs.len()
                     && (locs[j].entry.offset as u64) <= end + GAP
-                    && end - start < 16 << 20
+                    && end - start < 8 << 20
                 {
                     end = end.max(locs[j].entry.offset as u64 + locs[j].entry.length as u64);
                     j += 1;

@@ -38,7 +38,7 @@ use crate::tree::Tree;
 const INDEX_FLUSH_PACKS: usize = 64;
 /// Bytes of a stream read and cut before its chunks are processed in
 /// parallel.
-const STREAM_BATCH: usize = 16 << 20;
+const STREAM_BATCH: usize = 8 << 20;
 const UPLOADERS: usize = 2;
 
 /// What a writer added.
