@@ -527,63 +527,70 @@ impl Indexed {
                 None => f(*id, Err(Error::BlobNotFound(*id))),
             }
         }
-        let groups: Vec<Vec<BlobLocation>> = by_pack.into_values().collect();
-        groups.into_par_iter().for_each(|mut locs| {
+        // Split each pack's wanted blobs into runs whose gaps are small, so
+        // one request serves each run without reading much that is not
+        // wanted. Runs are the only unit of parallelism: nesting parallel
+        // loops would let an idle worker start more reads than there are
+        // cores and multiply the memory held.
+        const GAP: u64 = 1 << 20;
+        const RUN_MAX: u64 = 8 << 20;
+        let mut runs: Vec<(u64, u64, Vec<BlobLocation>)> = Vec::new();
+        for mut locs in by_pack.into_values() {
             locs.sort_by_key(|l| l.entry.offset);
             locs.dedup_by_key(|l| l.entry.offset);
+            let mut cur: Vec<BlobLocation> = Vec::new();
+            let (mut start, mut end) = (0u64, 0u64);
+            for l in locs {
+                let (o, e) = (
+                    l.entry.offset as u64,
+                    l.entry.offset as u64 + l.entry.length as u64,
+                );
+                if !cur.is_empty() && (o > end + GAP || end - start >= RUN_MAX) {
+                    runs.push((start, end, std::mem::take(&mut cur)));
+                }
+                if cur.is_empty() {
+                    start = o;
+                    end = e;
+                }
+                end = end.max(e);
+                cur.push(l);
+            }
+            if !cur.is_empty() {
+                runs.push((start, end, cur));
+            }
+        }
+        runs.into_par_iter().for_each(|(start, end, locs)| {
             let pack_name = locs[0].pack.id.to_hex();
-            let cipher = self.repo.key().pack_cipher(&locs[0].pack.salt);
-            // Split into runs whose gaps are small, so one request serves
-            // each run without reading much that is not wanted.
-            const GAP: u64 = 1 << 20;
-            let mut i = 0;
-            while i < locs.len() {
-                let start = locs[i].entry.offset as u64;
-                let mut end = start + locs[i].entry.length as u64;
-                let mut j = i + 1;
-                while j < locs.len()
-                    && (locs[j].entry.offset as u64) <= end + GAP
-                    && end - start < 8 << 20
-                {
-                    end = end.max(locs[j].entry.offset as u64 + locs[j].entry.length as u64);
-                    j += 1;
-                }
-                match self
-                    .repo
-                    .backend()
-                    .read_range(FileKind::Pack, &pack_name, start, end - start)
-                {
-                    Ok(buf) => {
-                        locs[i..j].par_iter().for_each(|l| {
-                            let a = (l.entry.offset as u64 - start) as usize;
-                            let ct = buf.get(a..a + l.entry.length as usize);
-                            let r = match ct {
-                                Some(ct) => pack::open_blob(
-                                    self.repo.key(),
-                                    &cipher,
-                                    &l.entry,
-                                    ct,
-                                    &pack_name,
-                                ),
-                                None => Err(Error::corrupt(
-                                    format!("pack {pack_name}"),
-                                    "shorter than the index says",
-                                )),
-                            };
-                            f(l.entry.id, r);
-                        });
-                    }
-                    Err(e) => {
-                        let msg = e.to_string();
-                        for l in &locs[i..j] {
-                            f(
-                                l.entry.id,
-                                Err(Error::corrupt(format!("pack {pack_name}"), msg.clone())),
-                            );
-                        }
+            match self
+                .repo
+                .backend()
+                .read_range(FileKind::Pack, &pack_name, start, end - start)
+            {
+                Ok(buf) => {
+                    let cipher = self.repo.key().pack_cipher(&locs[0].pack.salt);
+                    for l in &locs {
+                        let a = (l.entry.offset as u64 - start) as usize;
+                        let r = match buf.get(a..a + l.entry.length as usize) {
+                            Some(ct) => {
+                                pack::open_blob(self.repo.key(), &cipher, &l.entry, ct, &pack_name)
+                            }
+                            None => Err(Error::corrupt(
+                                format!("pack {pack_name}"),
+                                "shorter than the index says",
+                            )),
+                        };
+                        f(l.entry.id, r);
                     }
                 }
-                i = j;
+                Err(e) => {
+                    let msg = e.to_string();
+                    for l in &locs {
+                        f(
+                            l.entry.id,
+                            Err(Error::corrupt(format!("pack {pack_name}"), msg.clone())),
+                        );
+                    }
+                }
             }
         });
         Ok(())
