@@ -18,17 +18,7 @@ fn input() -> Vec<u8> {
         return d;
     }
     let mut x: u64 = 0x9e3779b97f4a7c15;
-    let words = [
-        "backup ",
-        "restore ",
-        "snapshot ",
-        "index ",
-        "pack ",
-        "chunk ",
-        "{\"id\": ",
-        "42, ",
-        "\n",
-    ];
+    let words = ["backup ", "restore ", "snapshot ", "index ", "pack ", "chunk ", "{\"id\": ", "42, ", "\n"];
     let mut out = Vec::with_capacity(32 << 20);
     while out.len() < 16 << 20 {
         x ^= x << 13;
@@ -52,9 +42,7 @@ fn stages(c: &mut Criterion) {
     let mut g = c.benchmark_group("stage");
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.sample_size(10);
-    g.bench_function("chunk (keyed FastCDC)", |b| {
-        b.iter(|| chunker.split_all(&data).len())
-    });
+    g.bench_function("chunk (keyed FastCDC)", |b| b.iter(|| chunker.split_all(&data).len()));
     g.bench_function("hash (keyed BLAKE3)", |b| b.iter(|| key.blob_id(&data)));
     g.bench_function("compress (zstd -3)", |b| {
         let mut z = zstd::bulk::Compressor::new(3).unwrap();

@@ -26,10 +26,7 @@ fn synthetic_id(i: u64) -> Id {
 }
 
 fn main() {
-    let n: u64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000_000);
+    let n: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10_000_000);
     let per_pack = 4096u64;
     let before = rss_bytes();
     let t0 = Instant::now();
@@ -55,11 +52,7 @@ fn main() {
             Id::default(),
             IndexFile {
                 supersedes: vec![],
-                packs: vec![IndexedPack {
-                    id: synthetic_id(u64::MAX - pack_no),
-                    salt: [0; 32],
-                    entries,
-                }],
+                packs: vec![IndexedPack { id: synthetic_id(u64::MAX - pack_no), salt: [0; 32], entries }],
             },
         );
         i += count;

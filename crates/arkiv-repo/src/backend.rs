@@ -78,15 +78,9 @@ impl std::fmt::Debug for Backend {
 
 fn io_err(op: &'static str, path: &str, location: &str, e: opendal::Error) -> Error {
     if e.kind() == ErrorKind::NotFound {
-        return Error::NotFound {
-            what: format!("{location}/{path}"),
-        };
+        return Error::NotFound { what: format!("{location}/{path}") };
     }
-    Error::Backend {
-        op,
-        path: format!("{location}/{path}"),
-        message: e.to_string(),
-    }
+    Error::Backend { op, path: format!("{location}/{path}"), message: e.to_string() }
 }
 
 impl Backend {
@@ -95,20 +89,13 @@ impl Backend {
         let abs = if path.is_absolute() {
             path.to_path_buf()
         } else {
-            std::env::current_dir()
-                .map_err(|e| Error::Io {
-                    path: path.display().to_string(),
-                    source: e,
-                })?
-                .join(path)
+            std::env::current_dir().map_err(|e| Error::Io { path: path.display().to_string(), source: e })?.join(path)
         };
         let root = abs.to_string_lossy().to_string();
         // Writes go to a temporary file in `tmp/` and are renamed into place,
         // so a killed process never leaves a truncated object under its
         // final, content-derived name.
-        let builder = opendal::services::Fs::default()
-            .root(&root)
-            .atomic_write_dir(&format!("{root}/tmp"));
+        let builder = opendal::services::Fs::default().root(&root).atomic_write_dir(&format!("{root}/tmp"));
         let op = Operator::new(builder).map_err(|e| Error::Backend {
             op: "open",
             path: root.clone(),
@@ -119,10 +106,7 @@ impl Backend {
 
     /// Any OpenDAL operator; `location` is how errors and listings name it.
     pub fn from_operator(op: Operator, location: impl Into<String>) -> Backend {
-        Backend {
-            op,
-            location: location.into(),
-        }
+        Backend { op, location: location.into() }
     }
 
     pub fn location(&self) -> &str {
@@ -135,9 +119,7 @@ impl Backend {
 
     pub fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
         let path = kind.path(name);
-        block_on(self.op.read(&path))
-            .map(|b| b.to_vec())
-            .map_err(|e| io_err("read", &path, &self.location, e))
+        block_on(self.op.read(&path)).map(|b| b.to_vec()).map_err(|e| io_err("read", &path, &self.location, e))
     }
 
     pub fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
@@ -149,9 +131,20 @@ impl Backend {
 
     pub fn write(&self, kind: FileKind, name: &str, data: Vec<u8>) -> Result<()> {
         let path = kind.path(name);
-        block_on(self.op.write(&path, data))
-            .map(|_| ())
-            .map_err(|e| io_err("write", &path, &self.location, e))
+        // Not `Operator::write`: it leaves the temporary file of a failed
+        // write behind, so a full disk would stay full. Abort removes it.
+        block_on(async {
+            let mut w = self.op.writer(&path).await?;
+            let r = match w.write(data).await {
+                Ok(()) => w.close().await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if r.is_err() {
+                let _ = w.abort().await;
+            }
+            r
+        })
+        .map_err(|e| io_err("write", &path, &self.location, e))
     }
 
     pub fn exists(&self, kind: FileKind, name: &str) -> Result<bool> {
@@ -161,9 +154,7 @@ impl Backend {
 
     pub fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
         let path = kind.path(name);
-        block_on(self.op.stat(&path))
-            .map(|m| m.content_length())
-            .map_err(|e| io_err("stat", &path, &self.location, e))
+        block_on(self.op.stat(&path)).map(|m| m.content_length()).map_err(|e| io_err("stat", &path, &self.location, e))
     }
 
     pub fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
@@ -183,7 +174,7 @@ impl Backend {
             }
             let name = e.name().to_string();
             // Only content-named objects count: a stray file is not ours.
-            if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
                 let size = e.metadata().content_length();
                 out.push((name, size));
             }
@@ -209,9 +200,6 @@ mod tests {
         assert_eq!(listed, vec![(name.clone(), 5)]);
         b.delete(FileKind::Pack, &name).unwrap();
         assert!(!b.exists(FileKind::Pack, &name).unwrap());
-        assert!(matches!(
-            b.read(FileKind::Pack, &name),
-            Err(Error::NotFound { .. })
-        ));
+        assert!(matches!(b.read(FileKind::Pack, &name), Err(Error::NotFound { .. })));
     }
 }

@@ -38,18 +38,12 @@ pub enum ReadData {
 impl ReadData {
     /// Parses `--read-data-subset` values: `25%`, `0.25`, or `n/m`.
     pub fn parse_subset(s: &str) -> Result<ReadData> {
-        let bad = || {
-            Error::Invalid(format!(
-                "'{s}' is not a subset: use N% (e.g. 10%), a fraction (0.1) or n/m (1/10)"
-            ))
-        };
+        let bad =
+            || Error::Invalid(format!("'{s}' is not a subset: use N% (e.g. 10%), a fraction (0.1) or n/m (1/10)"));
         let f = if let Some(p) = s.strip_suffix('%') {
             p.trim().parse::<f64>().map_err(|_| bad())? / 100.0
         } else if let Some((n, m)) = s.split_once('/') {
-            let (n, m): (f64, f64) = (
-                n.trim().parse().map_err(|_| bad())?,
-                m.trim().parse().map_err(|_| bad())?,
-            );
+            let (n, m): (f64, f64) = (n.trim().parse().map_err(|_| bad())?, m.trim().parse().map_err(|_| bad())?);
             if m == 0.0 {
                 return Err(bad());
             }
@@ -91,11 +85,7 @@ impl CheckReport {
 }
 
 fn expected_pack_size(entries: &[PackEntry]) -> u64 {
-    let end = entries
-        .iter()
-        .map(|e| e.offset as u64 + e.length as u64)
-        .max()
-        .unwrap_or(pack::PREAMBLE_LEN as u64);
+    let end = entries.iter().map(|e| e.offset as u64 + e.length as u64).max().unwrap_or(pack::PREAMBLE_LEN as u64);
     end + (4 + entries.len() * ENTRY_LEN + TAG_LEN) as u64 + 4
 }
 
@@ -120,10 +110,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
             }
         })
         .collect();
-    let superseded: HashSet<Id> = files
-        .iter()
-        .flat_map(|(_, f)| f.supersedes.iter().copied())
-        .collect();
+    let superseded: HashSet<Id> = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
     let mut pack_entries: HashMap<Id, Vec<PackEntry>> = HashMap::new();
     let mut index = Index::new();
     for (id, f) in files {
@@ -131,9 +118,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
             continue;
         }
         for p in &f.packs {
-            pack_entries
-                .entry(p.id)
-                .or_insert_with(|| p.entries.clone());
+            pack_entries.entry(p.id).or_insert_with(|| p.entries.clone());
         }
         index.add_file(id, f);
     }
@@ -146,9 +131,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
     report.packs = stored.len();
     for (id, entries) in &pack_entries {
         match stored.get(&id.to_hex()) {
-            None => err(format!(
-                "pack {id} is named by the index but missing from storage"
-            )),
+            None => err(format!("pack {id} is named by the index but missing from storage")),
             Some(&size) => {
                 let want = expected_pack_size(entries);
                 if size != want {
@@ -157,17 +140,11 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
             }
         }
     }
-    let orphans = stored
-        .keys()
-        .filter(|n| {
-            n.parse::<Id>()
-                .map(|id| !pack_entries.contains_key(&id))
-                .unwrap_or(true)
-        })
-        .count();
+    let orphans =
+        stored.keys().filter(|n| n.parse::<Id>().map(|id| !pack_entries.contains_key(&id)).unwrap_or(true)).count();
     if orphans > 0 {
         report.warnings.push(format!(
-            "{orphans} pack(s) are in no index: left by an interrupted backup; harmless, and `prune` removes them"
+            "{orphans} pack(s) are in no index: left by an interrupted backup; harmless, nothing refers to them"
         ));
     }
 
@@ -209,23 +186,14 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
             match n.kind {
                 NodeKind::Dir => match &n.subtree {
                     Some(sub) => walk(ix, snap, sub, &p, seen, err),
-                    None => err(format!(
-                        "snapshot {}: {p}: directory without a tree",
-                        snap.short()
-                    )),
+                    None => err(format!("snapshot {}: {p}: directory without a tree", snap.short())),
                 },
                 NodeKind::File => {
                     for b in &n.content {
                         match ix.index().get(b) {
                             Some(l) if l.entry.blob_type == BlobType::Data => {}
-                            Some(_) => err(format!(
-                                "snapshot {}: {p}: blob {b} is not a data blob",
-                                snap.short()
-                            )),
-                            None => err(format!(
-                                "snapshot {}: {p}: blob {b} is missing from the index",
-                                snap.short()
-                            )),
+                            Some(_) => err(format!("snapshot {}: {p}: blob {b} is not a data blob", snap.short())),
+                            None => err(format!("snapshot {}: {p}: blob {b} is missing from the index", snap.short())),
                         }
                     }
                 }
@@ -233,17 +201,12 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
             }
         });
     }
-    roots
-        .par_iter()
-        .for_each(|(s, t)| walk(&indexed, s, t, "/", &seen, &err));
+    roots.par_iter().for_each(|(s, t)| walk(&indexed, s, t, "/", &seen, &err));
     report.trees = seen.lock().unwrap().len();
 
     // Data.
-    let mut to_read: Vec<(Id, &Vec<PackEntry>)> = pack_entries
-        .iter()
-        .filter(|(id, _)| stored.contains_key(&id.to_hex()))
-        .map(|(id, e)| (*id, e))
-        .collect();
+    let mut to_read: Vec<(Id, &Vec<PackEntry>)> =
+        pack_entries.iter().filter(|(id, _)| stored.contains_key(&id.to_hex())).map(|(id, e)| (*id, e)).collect();
     to_read.sort_by_key(|(id, _)| *id);
     match read {
         ReadData::None => to_read.clear(),
@@ -254,17 +217,13 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
             to_read.truncate(n);
         }
     }
-    progress
-        .packs_total
-        .store(to_read.len() as u64, Ordering::Relaxed);
+    progress.packs_total.store(to_read.len() as u64, Ordering::Relaxed);
     report.packs_read = to_read.len();
     to_read.par_iter().for_each(|(id, entries)| {
         let name = id.to_hex();
         match repo.backend().read(FileKind::Pack, &name) {
             Ok(bytes) => {
-                progress
-                    .bytes_read
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                progress.bytes_read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 for e in verify_pack(repo, id, &bytes, entries) {
                     err(e);
                 }
@@ -285,9 +244,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
 fn verify_pack(repo: &Repository, id: &Id, bytes: &[u8], entries: &[PackEntry]) -> Vec<String> {
     let mut out = Vec::new();
     if Id::of_stored(bytes) != *id {
-        out.push(format!(
-            "pack {id}: contents do not match its name (the file was modified)"
-        ));
+        out.push(format!("pack {id}: contents do not match its name (the file was modified)"));
     }
     let salt = match pack::read_header(repo.key(), &id.to_hex(), bytes) {
         Ok((salt, header)) => {
@@ -324,10 +281,7 @@ fn verify_pack(repo: &Repository, id: &Id, bytes: &[u8], entries: &[PackEntry]) 
                     ));
                 }
             }
-            None => out.push(format!(
-                "pack {id}: blob {} lies beyond the end of the pack",
-                e.id
-            )),
+            None => out.push(format!("pack {id}: blob {} lies beyond the end of the pack", e.id)),
         }
     }
     out

@@ -21,11 +21,7 @@ pub struct ChunkerParams {
 
 impl Default for ChunkerParams {
     fn default() -> Self {
-        ChunkerParams {
-            min_size: 256 * 1024,
-            avg_size: 1024 * 1024,
-            max_size: 4 * 1024 * 1024,
-        }
+        ChunkerParams { min_size: 256 * 1024, avg_size: 1024 * 1024, max_size: 4 * 1024 * 1024 }
     }
 }
 
@@ -164,10 +160,7 @@ impl Chunker {
             let mut chunks: Vec<&[u8]> = Vec::new();
             let mut pos = 0;
             let mut batched = 0;
-            while pos < buf.len()
-                && (eof || buf.len() - pos >= max)
-                && (eof || batched < batch_bytes)
-            {
+            while pos < buf.len() && (eof || buf.len() - pos >= max) && (eof || batched < batch_bytes) {
                 let c = self.cut(&buf[pos..]);
                 chunks.push(&buf[pos..pos + c]);
                 pos += c;
@@ -190,14 +183,7 @@ mod tests {
 
     fn small() -> Chunker {
         let k = crate::crypto::MasterKey::generate();
-        Chunker::new(
-            k.gear_table(),
-            ChunkerParams {
-                min_size: 256,
-                avg_size: 1024,
-                max_size: 4096,
-            },
-        )
+        Chunker::new(k.gear_table(), ChunkerParams { min_size: 256, avg_size: 1024, max_size: 4096 })
     }
 
     fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
@@ -267,14 +253,8 @@ mod tests {
         };
         let (a, b) = (ends(&data), ends(&edited));
         let before: Vec<_> = a.iter().filter(|&&e| e < 99_000).collect();
-        assert!(
-            before.iter().all(|e| b.contains(e)),
-            "boundaries before the edit must not move"
-        );
-        let after_shared = a
-            .iter()
-            .filter(|&&e| e > 110_000 && b.contains(&(e + 8)))
-            .count();
+        assert!(before.iter().all(|e| b.contains(e)), "boundaries before the edit must not move");
+        let after_shared = a.iter().filter(|&&e| e > 110_000 && b.contains(&(e + 8))).count();
         assert!(after_shared > 10, "boundaries after the edit resynchronise");
     }
 

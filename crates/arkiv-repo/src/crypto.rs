@@ -49,11 +49,7 @@ impl MasterKey {
     pub const LEN: usize = 96;
 
     pub fn generate() -> Self {
-        let mut k = MasterKey {
-            encryption: [0; 32],
-            id: [0; 32],
-            chunker: [0; 32],
-        };
+        let mut k = MasterKey { encryption: [0; 32], id: [0; 32], chunker: [0; 32] };
         let mut rng = rand::rngs::OsRng;
         rng.fill_bytes(&mut k.encryption);
         rng.fill_bytes(&mut k.id);
@@ -73,11 +69,7 @@ impl MasterKey {
         if b.len() != Self::LEN {
             return None;
         }
-        let mut k = MasterKey {
-            encryption: [0; 32],
-            id: [0; 32],
-            chunker: [0; 32],
-        };
+        let mut k = MasterKey { encryption: [0; 32], id: [0; 32], chunker: [0; 32] };
         k.encryption.copy_from_slice(&b[..32]);
         k.id.copy_from_slice(&b[32..64]);
         k.chunker.copy_from_slice(&b[64..]);
@@ -88,6 +80,14 @@ impl MasterKey {
     /// let an attacker confirm that the repository holds a known file.
     pub fn blob_id(&self, plaintext: &[u8]) -> Id {
         Id(*blake3::keyed_hash(&self.id, plaintext).as_bytes())
+    }
+
+    /// The id of a tree blob: keyed BLAKE3 under a key derived from the id
+    /// key, so a file whose bytes happen to equal a directory listing gets
+    /// a different id and the two never deduplicate into each other.
+    pub fn tree_id(&self, plaintext: &[u8]) -> Id {
+        let k = blake3::derive_key("arkiv tree blob id v1", &self.id);
+        Id(*blake3::keyed_hash(&k, plaintext).as_bytes())
     }
 
     pub fn pack_cipher(&self, salt: &[u8; SALT_LEN]) -> ObjectCipher {
@@ -134,7 +134,8 @@ pub fn offset_nonce(offset: u64) -> [u8; 12] {
     n
 }
 
-/// Nonce of a pack's header: no blob can start at this offset.
+/// Nonce of a pack's header. Offset nonces begin with four zero bytes,
+/// so this nonce can never equal one.
 pub const HEADER_NONCE: [u8; 12] = [0xff; 12];
 
 /// An AES-256-GCM key bound to one object (pack or file).
@@ -144,8 +145,7 @@ impl ObjectCipher {
     fn derive(ikm: &[u8; 32], salt: &[u8; SALT_LEN], info: &[u8]) -> Self {
         let hk = Hkdf::<Sha256>::new(Some(salt), ikm);
         let mut okm = [0u8; 32];
-        hk.expand(info, &mut okm)
-            .expect("32 bytes is a valid HKDF length");
+        hk.expand(info, &mut okm).expect("32 bytes is a valid HKDF length");
         let c = Aes256Gcm::new_from_slice(&okm).expect("32-byte key");
         okm.zeroize();
         ObjectCipher(c)
@@ -179,14 +179,7 @@ impl ObjectCipher {
         }
         let (body, tag) = ciphertext.split_at(ciphertext.len() - TAG_LEN);
         let mut buf = body.to_vec();
-        self.0
-            .decrypt_in_place_detached(
-                Nonce::from_slice(nonce),
-                aad,
-                &mut buf,
-                Tag::from_slice(tag),
-            )
-            .ok()?;
+        self.0.decrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut buf, Tag::from_slice(tag)).ok()?;
         Some(buf)
     }
 }

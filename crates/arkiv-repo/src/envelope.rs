@@ -39,14 +39,7 @@ pub fn peek_version(object: &str, bytes: &[u8], kind: EnvelopeKind) -> Result<u8
         return Err(Error::corrupt(object, "not an Arkiv file (bad magic)"));
     }
     if bytes[4] != kind as u8 {
-        return Err(Error::corrupt(
-            object,
-            format!(
-                "holds kind {} where a {} was expected",
-                bytes[4],
-                kind.name()
-            ),
-        ));
+        return Err(Error::corrupt(object, format!("holds kind {} where a {} was expected", bytes[4], kind.name())));
     }
     let version = bytes[5];
     if version > FORMAT_VERSION {
@@ -60,9 +53,7 @@ pub fn peek_version(object: &str, bytes: &[u8], kind: EnvelopeKind) -> Result<u8
 }
 
 pub fn seal(key: &MasterKey, kind: EnvelopeKind, payload: &[u8], zstd_level: i32) -> Vec<u8> {
-    let compressed = zstd::bulk::compress(payload, zstd_level)
-        .ok()
-        .filter(|c| c.len() < payload.len());
+    let compressed = zstd::bulk::compress(payload, zstd_level).ok().filter(|c| c.len() < payload.len());
     let (flags, body) = match &compressed {
         Some(c) => (FLAG_ZSTD, c.as_slice()),
         None => (0, payload),
@@ -75,8 +66,7 @@ pub fn seal(key: &MasterKey, kind: EnvelopeKind, payload: &[u8], zstd_level: i32
     let start = out.len();
     out.extend_from_slice(body);
     let aad: [u8; 8] = out[..8].try_into().unwrap();
-    key.file_cipher(&salt)
-        .seal_tail(&offset_nonce(0), &aad, &mut out, start);
+    key.file_cipher(&salt).seal_tail(&offset_nonce(0), &aad, &mut out, start);
     out
 }
 
@@ -84,18 +74,11 @@ pub fn seal(key: &MasterKey, kind: EnvelopeKind, payload: &[u8], zstd_level: i32
 pub fn open(key: &MasterKey, object: &str, bytes: &[u8], kind: EnvelopeKind) -> Result<Vec<u8>> {
     peek_version(object, bytes, kind)?;
     let salt: [u8; SALT_LEN] = bytes[8..HEADER_LEN].try_into().unwrap();
-    let body = key
-        .file_cipher(&salt)
-        .open(&offset_nonce(0), &bytes[..8], &bytes[HEADER_LEN..])
-        .ok_or_else(|| {
-            Error::corrupt(
-                object,
-                "authentication failed (modified, truncated, or written with another key)",
-            )
-        })?;
+    let body = key.file_cipher(&salt).open(&offset_nonce(0), &bytes[..8], &bytes[HEADER_LEN..]).ok_or_else(|| {
+        Error::corrupt(object, "authentication failed (modified, truncated, or written with another key)")
+    })?;
     if bytes[6] & FLAG_ZSTD != 0 {
-        zstd::stream::decode_all(&body[..])
-            .map_err(|e| Error::corrupt(object, format!("decompression failed: {e}")))
+        zstd::stream::decode_all(&body[..]).map_err(|e| Error::corrupt(object, format!("decompression failed: {e}")))
     } else {
         Ok(body)
     }
@@ -122,10 +105,7 @@ mod tests {
         let mut sealed = seal(&k, EnvelopeKind::Config, b"{}", 3);
         sealed[5] = FORMAT_VERSION + 1;
         let err = open(&k, "config", &sealed, EnvelopeKind::Config).unwrap_err();
-        assert!(
-            matches!(err, Error::UnsupportedVersion { found: 2, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, Error::UnsupportedVersion { found: 2, .. }), "{err}");
     }
 
     #[test]

@@ -8,41 +8,27 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{op} {path}: {message}")]
-    Backend {
-        op: &'static str,
-        path: String,
-        message: String,
-    },
+    Backend { op: &'static str, path: String, message: String },
 
     #[error("{what} does not exist")]
     NotFound { what: String },
 
+    // The cause is part of the message, not a `source`: printed as a chain
+    // it would appear twice.
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
 
-    #[error(
-        "{location} is not an Arkiv repository (no config file); create one with `arkiv init`"
-    )]
+    #[error("{location} is not an Arkiv repository (no config file); create one with `arkiv init`")]
     NotARepository { location: String },
 
     #[error("{location} already holds an Arkiv repository")]
     AlreadyExists { location: String },
 
-    #[error(
-        "wrong password or key file: none of the {slots} key slot(s) of {location} opens with it"
-    )]
+    #[error("wrong password or key file: none of the {slots} key slot(s) of {location} opens with it")]
     WrongPassword { location: String, slots: usize },
 
     #[error("{object}: repository format version {found} is newer than this arkiv understands (up to {supported}); upgrade arkiv")]
-    UnsupportedVersion {
-        object: String,
-        found: u32,
-        supported: u32,
-    },
+    UnsupportedVersion { object: String, found: u32, supported: u32 },
 
     #[error("{object} is damaged: {reason}")]
     Corrupt { object: String, reason: String },
@@ -65,16 +51,10 @@ pub enum Error {
 
 impl Error {
     pub fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> Error {
-        Error::Corrupt {
-            object: object.into(),
-            reason: reason.into(),
-        }
+        Error::Corrupt { object: object.into(), reason: reason.into() }
     }
 
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Error {
-        Error::Io {
-            path: path.as_ref().display().to_string(),
-            source,
-        }
+        Error::Io { path: path.as_ref().display().to_string(), source }
     }
 }

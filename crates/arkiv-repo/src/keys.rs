@@ -1,7 +1,7 @@
 //! Key slots: the master key wrapped by a password (Argon2id) or a key file.
 //!
-//! Slots are the only plaintext JSON in a repository besides the envelope
-//! headers. Adding, removing or changing a password rewrites one small slot
+//! Slots are the only plaintext JSON in a repository (envelope headers are
+//! plaintext too, but binary). Adding, removing or changing a password rewrites one small slot
 //! file and never touches data: every slot wraps the same master key.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -36,12 +36,8 @@ impl Credential {
     pub fn from_key_file(path: &std::path::Path) -> Result<Credential> {
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?);
         let mut secret = Zeroizing::new(vec![0u8; 32]);
-        hex::decode_to_slice(text.trim(), &mut secret[..]).map_err(|_| {
-            Error::Invalid(format!(
-                "{}: a key file holds 64 hex digits",
-                path.display()
-            ))
-        })?;
+        hex::decode_to_slice(text.trim(), &mut secret[..])
+            .map_err(|_| Error::Invalid(format!("{}: a key file holds 64 hex digits", path.display())))?;
         Ok(Credential::KeyFile(secret))
     }
 
@@ -78,11 +74,7 @@ pub struct KdfParams {
 
 impl Default for KdfParams {
     fn default() -> Self {
-        KdfParams {
-            memory_kib: 64 * 1024,
-            iterations: 3,
-            parallelism: 1,
-        }
+        KdfParams { memory_kib: 64 * 1024, iterations: 3, parallelism: 1 }
     }
 }
 
@@ -121,70 +113,52 @@ fn b64(b: &[u8]) -> String {
 }
 
 fn unb64(slot: &str, field: &str, s: &str) -> Result<Vec<u8>> {
-    B64.decode(s).map_err(|_| Error::KeySlot {
-        slot: slot.into(),
-        reason: format!("{field} is not base64"),
-    })
+    B64.decode(s).map_err(|_| Error::KeySlot { slot: slot.into(), reason: format!("{field} is not base64") })
 }
 
-fn argon2_kek(
-    password: &str,
-    salt: &[u8],
-    p: KdfParams,
-    slot: &str,
-) -> Result<Zeroizing<[u8; 32]>> {
-    let params = Params::new(p.memory_kib, p.iterations, p.parallelism, Some(32)).map_err(|e| {
-        Error::KeySlot {
+/// Bounds on Argon2 costs read from a slot file, so a planted slot cannot
+/// make `open` allocate without limit.
+const MAX_MEMORY_KIB: u32 = 4 << 20;
+const MAX_ITERATIONS: u32 = 64;
+const MAX_PARALLELISM: u32 = 16;
+
+fn argon2_kek(password: &str, salt: &[u8], p: KdfParams, slot: &str) -> Result<Zeroizing<[u8; 32]>> {
+    if p.memory_kib > MAX_MEMORY_KIB || p.iterations > MAX_ITERATIONS || p.parallelism > MAX_PARALLELISM {
+        return Err(Error::KeySlot {
             slot: slot.into(),
-            reason: format!("Argon2 parameters: {e}"),
-        }
-    })?;
+            reason: format!("Argon2 costs {p:?} exceed the limits this arkiv accepts"),
+        });
+    }
+    if salt.len() != SALT_LEN {
+        return Err(Error::KeySlot { slot: slot.into(), reason: "salt must be 32 bytes".into() });
+    }
+    let params = Params::new(p.memory_kib, p.iterations, p.parallelism, Some(32))
+        .map_err(|e| Error::KeySlot { slot: slot.into(), reason: format!("Argon2 parameters: {e}") })?;
     let mut out = Zeroizing::new([0u8; 32]);
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
         .hash_password_into(password.as_bytes(), salt, &mut out[..])
-        .map_err(|e| Error::KeySlot {
-            slot: slot.into(),
-            reason: format!("Argon2: {e}"),
-        })?;
+        .map_err(|e| Error::KeySlot { slot: slot.into(), reason: format!("Argon2: {e}") })?;
     Ok(out)
 }
 
 impl KeySlot {
     /// Wraps `master` for `cred`.
-    pub fn create(
-        master: &MasterKey,
-        repository: Id,
-        cred: &Credential,
-        params: KdfParams,
-    ) -> Result<KeySlot> {
+    pub fn create(master: &MasterKey, repository: Id, cred: &Credential, params: KdfParams) -> Result<KeySlot> {
         let salt = random_salt();
         let (kdf, kek) = match cred {
             Credential::Password(p) => {
                 let kek = argon2_kek(p, &salt, params, "new")?;
-                (
-                    Kdf::Argon2id {
-                        params,
-                        salt: b64(&salt),
-                    },
-                    kek,
-                )
+                (Kdf::Argon2id { params, salt: b64(&salt) }, kek)
             }
-            Credential::KeyFile(secret) => (
-                Kdf::HkdfSha256 { salt: b64(&salt) },
-                Zeroizing::new(keyfile_kek(secret, &salt)),
-            ),
+            Credential::KeyFile(secret) => {
+                (Kdf::HkdfSha256 { salt: b64(&salt) }, Zeroizing::new(keyfile_kek(secret, &salt)))
+            }
         };
         let nonce: [u8; 12] = random_bytes();
         let cipher = Aes256Gcm::new_from_slice(&kek[..]).expect("32-byte key");
         let master_bytes = Zeroizing::new(master.to_bytes());
         let wrapped = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &master_bytes[..],
-                    aad: &repository.0,
-                },
-            )
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &master_bytes[..], aad: &repository.0 })
             .expect("wrapping 96 bytes cannot fail");
         Ok(KeySlot {
             format: SLOT_FORMAT,
@@ -217,46 +191,26 @@ impl KeySlot {
                 argon2_kek(p, &unb64(slot, "salt", salt)?, *params, slot)?
             }
             (Kdf::HkdfSha256 { salt }, Credential::KeyFile(secret)) => {
-                let salt: [u8; SALT_LEN] =
-                    unb64(slot, "salt", salt)?
-                        .try_into()
-                        .map_err(|_| Error::KeySlot {
-                            slot: slot.into(),
-                            reason: "salt must be 32 bytes".into(),
-                        })?;
+                let salt: [u8; SALT_LEN] = unb64(slot, "salt", salt)?
+                    .try_into()
+                    .map_err(|_| Error::KeySlot { slot: slot.into(), reason: "salt must be 32 bytes".into() })?;
                 Zeroizing::new(keyfile_kek(secret, &salt))
             }
-            _ => {
-                return Err(Error::KeySlot {
-                    slot: slot.into(),
-                    reason: "kdf does not match the slot kind".into(),
-                })
-            }
+            _ => return Err(Error::KeySlot { slot: slot.into(), reason: "kdf does not match the slot kind".into() }),
         };
         let nonce = unb64(slot, "nonce", &self.nonce)?;
         if nonce.len() != 12 {
-            return Err(Error::KeySlot {
-                slot: slot.into(),
-                reason: "nonce must be 12 bytes".into(),
-            });
+            return Err(Error::KeySlot { slot: slot.into(), reason: "nonce must be 12 bytes".into() });
         }
         let wrapped = unb64(slot, "wrapped", &self.wrapped)?;
         let cipher = Aes256Gcm::new_from_slice(&kek[..]).expect("32-byte key");
-        match cipher.decrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: &wrapped,
-                aad: &self.repository.0,
-            },
-        ) {
+        match cipher.decrypt(Nonce::from_slice(&nonce), Payload { msg: &wrapped, aad: &self.repository.0 }) {
             Ok(plain) => {
                 let plain = Zeroizing::new(plain);
-                MasterKey::from_bytes(&plain)
-                    .map(Some)
-                    .ok_or_else(|| Error::KeySlot {
-                        slot: slot.into(),
-                        reason: "wrapped key has the wrong length".into(),
-                    })
+                MasterKey::from_bytes(&plain).map(Some).ok_or_else(|| Error::KeySlot {
+                    slot: slot.into(),
+                    reason: "wrapped key has the wrong length".into(),
+                })
             }
             Err(_) => Ok(None),
         }
@@ -267,10 +221,8 @@ impl KeySlot {
     }
 
     pub fn parse(slot: &str, b: &[u8]) -> Result<KeySlot> {
-        serde_json::from_slice(b).map_err(|e| Error::KeySlot {
-            slot: slot.into(),
-            reason: format!("not a key slot: {e}"),
-        })
+        serde_json::from_slice(b)
+            .map_err(|e| Error::KeySlot { slot: slot.into(), reason: format!("not a key slot: {e}") })
     }
 }
 
@@ -279,11 +231,7 @@ mod tests {
     use super::*;
 
     fn cheap() -> KdfParams {
-        KdfParams {
-            memory_kib: 64,
-            iterations: 1,
-            parallelism: 1,
-        }
+        KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 }
     }
 
     #[test]
@@ -292,15 +240,9 @@ mod tests {
         let repo = Id([5; 32]);
         let slot = KeySlot::create(&m, repo, &Credential::password("right"), cheap()).unwrap();
         let parsed = KeySlot::parse("s", &slot.to_bytes()).unwrap();
-        let got = parsed
-            .unwrap_key("s", &Credential::password("right"))
-            .unwrap()
-            .unwrap();
+        let got = parsed.unwrap_key("s", &Credential::password("right")).unwrap().unwrap();
         assert_eq!(got.to_bytes(), m.to_bytes());
-        assert!(parsed
-            .unwrap_key("s", &Credential::password("wrong"))
-            .unwrap()
-            .is_none());
+        assert!(parsed.unwrap_key("s", &Credential::password("wrong")).unwrap().is_none());
     }
 
     #[test]
@@ -313,10 +255,7 @@ mod tests {
         let mut slot = KeySlot::create(&m, Id([1; 32]), &cred, cheap()).unwrap();
         let again = Credential::from_key_file(&path).unwrap();
         assert!(slot.unwrap_key("s", &again).unwrap().is_some());
-        assert!(slot
-            .unwrap_key("s", &Credential::password("x"))
-            .unwrap()
-            .is_none());
+        assert!(slot.unwrap_key("s", &Credential::password("x")).unwrap().is_none());
         // A slot moved to another repository does not open.
         slot.repository = Id([2; 32]);
         assert!(slot.unwrap_key("s", &again).unwrap().is_none());

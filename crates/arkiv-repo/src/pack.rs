@@ -6,9 +6,7 @@
 //! preamble) with its offset as nonce. The header repeats what the index
 //! says, so a lost index can be rebuilt from the packs alone.
 
-use crate::crypto::{
-    offset_nonce, random_salt, MasterKey, ObjectCipher, HEADER_NONCE, SALT_LEN, TAG_LEN,
-};
+use crate::crypto::{offset_nonce, random_salt, MasterKey, ObjectCipher, HEADER_NONCE, SALT_LEN, TAG_LEN};
 use crate::error::{Error, Result};
 use crate::id::Id;
 
@@ -35,6 +33,14 @@ impl BlobType {
             1 => Some(BlobType::Tree),
             _ => None,
         }
+    }
+}
+
+/// The id a blob of type `t` with these contents is stored under.
+pub fn blob_id(key: &MasterKey, t: BlobType, plaintext: &[u8]) -> Id {
+    match t {
+        BlobType::Data => key.blob_id(plaintext),
+        BlobType::Tree => key.tree_id(plaintext),
     }
 }
 
@@ -103,12 +109,7 @@ impl Packer {
         buf.extend_from_slice(PACK_MAGIC);
         buf.extend_from_slice(&[PACK_VERSION, 0, 0, 0]);
         buf.extend_from_slice(&salt);
-        Packer {
-            salt,
-            cipher: key.pack_cipher(&salt),
-            buf,
-            entries: Vec::new(),
-        }
+        Packer { salt, cipher: key.pack_cipher(&salt), buf, entries: Vec::new() }
     }
 
     /// Bytes written so far (preamble and blobs).
@@ -125,18 +126,10 @@ impl Packer {
     }
 
     /// Seals `stored` (the blob's bytes, compressed or not) into the pack.
-    pub fn add(
-        &mut self,
-        id: Id,
-        blob_type: BlobType,
-        stored: &[u8],
-        compressed: bool,
-        raw_length: u32,
-    ) -> PackEntry {
+    pub fn add(&mut self, id: Id, blob_type: BlobType, stored: &[u8], compressed: bool, raw_length: u32) -> PackEntry {
         let offset = self.buf.len();
         self.buf.extend_from_slice(stored);
-        self.cipher
-            .seal_tail(&offset_nonce(offset as u64), &[], &mut self.buf, offset);
+        self.cipher.seal_tail(&offset_nonce(offset as u64), &[], &mut self.buf, offset);
         let e = PackEntry {
             id,
             blob_type,
@@ -150,12 +143,7 @@ impl Packer {
     }
 
     pub fn finish(self) -> FinishedPack {
-        let Packer {
-            salt,
-            cipher,
-            mut buf,
-            entries,
-        } = self;
+        let Packer { salt, cipher, mut buf, entries } = self;
         let mut header = Vec::with_capacity(4 + entries.len() * ENTRY_LEN);
         header.extend_from_slice(&(entries.len() as u32).to_le_bytes());
         for e in &entries {
@@ -164,12 +152,7 @@ impl Packer {
         let sealed = cipher.seal(&HEADER_NONCE, &buf[..8], &header);
         buf.extend_from_slice(&sealed);
         buf.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
-        FinishedPack {
-            id: Id::of_stored(&buf),
-            salt,
-            bytes: buf,
-            entries,
-        }
+        FinishedPack { id: Id::of_stored(&buf), salt, bytes: buf, entries }
     }
 }
 
@@ -189,21 +172,14 @@ pub fn read_preamble(object: &str, b: &[u8]) -> Result<[u8; SALT_LEN]> {
 }
 
 /// Decrypts and parses the header of a whole pack held in memory.
-pub fn read_header(
-    key: &MasterKey,
-    object: &str,
-    pack: &[u8],
-) -> Result<([u8; SALT_LEN], Vec<PackEntry>)> {
+pub fn read_header(key: &MasterKey, object: &str, pack: &[u8]) -> Result<([u8; SALT_LEN], Vec<PackEntry>)> {
     let salt = read_preamble(object, pack)?;
     if pack.len() < PREAMBLE_LEN + 4 {
         return Err(Error::corrupt(object, "truncated"));
     }
     let hlen = u32::from_le_bytes(pack[pack.len() - 4..].try_into().unwrap()) as usize;
     if hlen + 4 + PREAMBLE_LEN > pack.len() || hlen < TAG_LEN + 4 {
-        return Err(Error::corrupt(
-            object,
-            "header length out of range (truncated pack?)",
-        ));
+        return Err(Error::corrupt(object, "header length out of range (truncated pack?)"));
     }
     let start = pack.len() - 4 - hlen;
     let header = key
@@ -221,10 +197,7 @@ pub fn read_header(
         .ok_or_else(|| Error::corrupt(object, "pack header names an unknown blob type"))?;
     for e in &entries {
         if e.offset as usize + e.length as usize > start {
-            return Err(Error::corrupt(
-                object,
-                format!("blob {} lies outside the pack", e.id),
-            ));
+            return Err(Error::corrupt(object, format!("blob {} lies outside the pack", e.id)));
         }
     }
     Ok((salt, entries))
@@ -252,7 +225,7 @@ pub fn open_blob(
     } else {
         stored
     };
-    if plain.len() != entry.raw_length as usize || key.blob_id(&plain) != entry.id {
+    if plain.len() != entry.raw_length as usize || blob_id(key, entry.blob_type, &plain) != entry.id {
         return Err(Error::corrupt(what(), "content does not match its id"));
     }
     Ok(plain)
@@ -296,16 +269,27 @@ mod tests {
         f.bytes[e1.offset as usize + 2] ^= 0x40;
         let (salt, entries) = read_header(&k, "p", &f.bytes).unwrap();
         let c = k.pack_cipher(&salt);
-        let ct =
-            |e: &PackEntry| f.bytes[e.offset as usize..(e.offset + e.length) as usize].to_vec();
+        let ct = |e: &PackEntry| f.bytes[e.offset as usize..(e.offset + e.length) as usize].to_vec();
         assert!(open_blob(&k, &c, &entries[0], &ct(&entries[0]), "p").is_ok());
-        let err = open_blob(&k, &c, &entries[1], &ct(&entries[1]), "p")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains(&e1.id.to_hex()) && err.contains("authentication failed"),
-            "{err}"
-        );
+        let err = open_blob(&k, &c, &entries[1], &ct(&entries[1]), "p").unwrap_err().to_string();
+        assert!(err.contains(&e1.id.to_hex()) && err.contains("authentication failed"), "{err}");
+    }
+
+    #[test]
+    fn a_tree_and_a_file_with_the_same_bytes_get_different_ids() {
+        let k = MasterKey::generate();
+        let listing = br#"{"nodes":[]}"#;
+        assert_ne!(blob_id(&k, BlobType::Data, listing), blob_id(&k, BlobType::Tree, listing));
+        // A blob stored as one type does not verify as the other.
+        let mut p = Packer::new(&k, 1024);
+        p.add(blob_id(&k, BlobType::Tree, listing), BlobType::Tree, listing, false, listing.len() as u32);
+        let f = p.finish();
+        let (salt, mut entries) = read_header(&k, "p", &f.bytes).unwrap();
+        let ct = f.bytes[entries[0].offset as usize..(entries[0].offset + entries[0].length) as usize].to_vec();
+        let c = k.pack_cipher(&salt);
+        assert!(open_blob(&k, &c, &entries[0], &ct, "p").is_ok());
+        entries[0].blob_type = BlobType::Data;
+        assert!(open_blob(&k, &c, &entries[0], &ct, "p").is_err());
     }
 
     #[test]

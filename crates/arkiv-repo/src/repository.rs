@@ -30,7 +30,8 @@ pub struct RepoConfig {
     pub id: Id,
     pub created: DateTime<Utc>,
     pub chunker: ChunkerParams,
-    /// zstd level for blobs and metadata; 0 stores everything uncompressed.
+    /// zstd level for blobs; 0 stores blobs uncompressed. Metadata files
+    /// (index, snapshots, config) are always zstd-compressed.
     pub compression: i32,
     /// Target pack size in bytes.
     pub pack_size: u32,
@@ -60,10 +61,7 @@ impl InitOptions {
     fn validate(&self) -> Result<()> {
         self.chunker.validate().map_err(Error::Invalid)?;
         if !(0..=22).contains(&self.compression) {
-            return Err(Error::Invalid(format!(
-                "compression level {} is not in 0..=22",
-                self.compression
-            )));
+            return Err(Error::Invalid(format!("compression level {} is not in 0..=22", self.compression)));
         }
         if self.pack_size < self.chunker.max_size || self.pack_size > 256 << 20 {
             return Err(Error::Invalid(format!(
@@ -101,9 +99,7 @@ impl Repository {
     pub fn init(backend: Backend, cred: &Credential, opts: InitOptions) -> Result<Repository> {
         opts.validate()?;
         if backend.exists(FileKind::Config, "config")? {
-            return Err(Error::AlreadyExists {
-                location: backend.location().to_string(),
-            });
+            return Err(Error::AlreadyExists { location: backend.location().to_string() });
         }
         let key = MasterKey::generate();
         let config = RepoConfig {
@@ -120,19 +116,9 @@ impl Repository {
         // The key slot goes first: a config without a slot would be a
         // repository nobody can open.
         backend.write(FileKind::Key, &slot_id, slot_bytes)?;
-        let sealed = envelope::seal(
-            &key,
-            EnvelopeKind::Config,
-            &serde_json::to_vec(&config).unwrap(),
-            3,
-        );
+        let sealed = envelope::seal(&key, EnvelopeKind::Config, &serde_json::to_vec(&config).unwrap(), 3);
         backend.write(FileKind::Config, "config", sealed)?;
-        Ok(Repository(Arc::new(Inner {
-            backend,
-            key,
-            config,
-            slot: slot_id,
-        })))
+        Ok(Repository(Arc::new(Inner { backend, key, config, slot: slot_id })))
     }
 
     /// Opens an existing repository with a password or key file.
@@ -148,37 +134,64 @@ impl Repository {
         if slots.is_empty() {
             return Err(Error::corrupt(format!("{location}/keys"), "no key slots"));
         }
+        // Every slot gets its chance: one damaged, foreign or newer slot
+        // must not lock out a credential that another slot accepts.
+        let mut problems = Vec::new();
         for (name, _) in &slots {
-            let slot = KeySlot::parse(name, &backend.read(FileKind::Key, name)?)?;
-            if let Some(key) = slot.unwrap_key(name, cred)? {
-                let plain = envelope::open(&key, "config", &config_bytes, EnvelopeKind::Config)?;
-                let config: RepoConfig = serde_json::from_slice(&plain)
-                    .map_err(|e| Error::corrupt("config", e.to_string()))?;
-                if config.id != slot.repository {
-                    return Err(Error::corrupt(
-                        format!("keys/{name}"),
-                        "belongs to another repository",
-                    ));
+            match Self::try_slot(&backend, name, cred, &config_bytes) {
+                Ok(Some((key, config))) => {
+                    return Ok(Repository(Arc::new(Inner { backend, key, config, slot: name.clone() })));
                 }
-                if config.version > envelope::FORMAT_VERSION as u32 {
-                    return Err(Error::UnsupportedVersion {
-                        object: "config".into(),
-                        found: config.version,
-                        supported: envelope::FORMAT_VERSION as u32,
-                    });
-                }
-                return Ok(Repository(Arc::new(Inner {
-                    backend,
-                    key,
-                    config,
-                    slot: name.clone(),
-                })));
+                Ok(None) => {}
+                Err(e) => problems.push(e.to_string()),
             }
         }
-        Err(Error::WrongPassword {
-            location,
-            slots: slots.len(),
-        })
+        if !problems.is_empty() {
+            return Err(Error::Invalid(format!(
+                "wrong password or key file: none of the {} key slot(s) of {location} opens with it; also: {}",
+                slots.len(),
+                problems.join("; ")
+            )));
+        }
+        Err(Error::WrongPassword { location, slots: slots.len() })
+    }
+
+    fn try_slot(
+        backend: &Backend,
+        name: &str,
+        cred: &Credential,
+        config_bytes: &[u8],
+    ) -> Result<Option<(MasterKey, RepoConfig)>> {
+        let slot = KeySlot::parse(name, &backend.read(FileKind::Key, name)?)?;
+        let Some(key) = slot.unwrap_key(name, cred)? else {
+            return Ok(None);
+        };
+        let foreign = || Error::KeySlot {
+            slot: name.to_string(),
+            reason: "opens with this credential but belongs to another repository".into(),
+        };
+        let plain = envelope::open(&key, "config", config_bytes, EnvelopeKind::Config).map_err(|_| foreign())?;
+        let config: RepoConfig = serde_json::from_slice(&plain).map_err(|e| Error::corrupt("config", e.to_string()))?;
+        if config.id != slot.repository {
+            return Err(foreign());
+        }
+        if config.version > envelope::FORMAT_VERSION as u32 {
+            return Err(Error::UnsupportedVersion {
+                object: "config".into(),
+                found: config.version,
+                supported: envelope::FORMAT_VERSION as u32,
+            });
+        }
+        // The config is authenticated, but a writer holding the key could
+        // still have stored values this code cannot work with.
+        let opts = InitOptions {
+            chunker: config.chunker,
+            compression: config.compression,
+            pack_size: config.pack_size,
+            kdf: KdfParams::default(),
+        };
+        opts.validate().map_err(|e| Error::corrupt("config", e.to_string()))?;
+        Ok(Some((key, config)))
     }
 
     pub fn backend(&self) -> &Backend {
@@ -197,9 +210,9 @@ impl Repository {
         Chunker::new(self.0.key.gear_table(), self.0.config.chunker)
     }
 
-    /// The keyed id of a blob with these contents.
-    pub fn blob_id(&self, data: &[u8]) -> Id {
-        self.0.key.blob_id(data)
+    /// The keyed id of a blob of type `t` with these contents.
+    pub fn blob_id(&self, t: BlobType, data: &[u8]) -> Id {
+        pack::blob_id(&self.0.key, t, data)
     }
 
     // ---- key slots ----
@@ -208,11 +221,7 @@ impl Repository {
         let mut out = Vec::new();
         for (name, _) in self.backend().list(FileKind::Key)? {
             let slot = KeySlot::parse(&name, &self.backend().read(FileKind::Key, &name)?)?;
-            out.push(SlotInfo {
-                current: name == self.0.slot,
-                id: name,
-                slot,
-            });
+            out.push(SlotInfo { current: name == self.0.slot, id: name, slot });
         }
         out.sort_by_key(|s| s.slot.created);
         Ok(out)
@@ -231,16 +240,9 @@ impl Repository {
     /// slot are refused, so a repository can never be locked out by this.
     pub fn remove_key(&self, prefix: &str, allow_current: bool) -> Result<String> {
         let slots = self.backend().list(FileKind::Key)?;
-        let matching: Vec<_> = slots
-            .iter()
-            .filter(|(n, _)| n.starts_with(prefix))
-            .collect();
+        let matching: Vec<_> = slots.iter().filter(|(n, _)| n.starts_with(prefix)).collect();
         let id = match matching.as_slice() {
-            [] => {
-                return Err(Error::NotFound {
-                    what: format!("key slot {prefix}"),
-                })
-            }
+            [] => return Err(Error::NotFound { what: format!("key slot {prefix}") }),
             [(id, _)] => id.clone(),
             _ => {
                 return Err(Error::Invalid(format!(
@@ -250,9 +252,7 @@ impl Repository {
             }
         };
         if slots.len() == 1 {
-            return Err(Error::Invalid(format!(
-                "key slot {id} is the last one; add another before removing it"
-            )));
+            return Err(Error::Invalid(format!("key slot {id} is the last one; add another before removing it")));
         }
         if id == self.0.slot && !allow_current {
             return Err(Error::Invalid(format!(
@@ -270,15 +270,9 @@ impl Repository {
     // ---- snapshots ----
 
     pub fn save_snapshot(&self, s: &Snapshot) -> Result<Id> {
-        let sealed = envelope::seal(
-            self.key(),
-            EnvelopeKind::Snapshot,
-            &serde_json::to_vec(s).unwrap(),
-            3,
-        );
+        let sealed = envelope::seal(self.key(), EnvelopeKind::Snapshot, &serde_json::to_vec(s).unwrap(), 3);
         let id = Id::of_stored(&sealed);
-        self.backend()
-            .write(FileKind::Snapshot, &id.to_hex(), sealed)?;
+        self.backend().write(FileKind::Snapshot, &id.to_hex(), sealed)?;
         Ok(id)
     }
 
@@ -303,13 +297,8 @@ impl Repository {
         let mut out = names
             .par_iter()
             .map(|(name, _)| {
-                let id: Id = name
-                    .parse()
-                    .map_err(|_| Error::corrupt(name, "bad snapshot name"))?;
-                Ok(SnapshotEntry {
-                    id,
-                    snapshot: self.load_snapshot(&id)?,
-                })
+                let id: Id = name.parse().map_err(|_| Error::corrupt(name, "bad snapshot name"))?;
+                Ok(SnapshotEntry { id, snapshot: self.load_snapshot(&id)? })
             })
             .collect::<Result<Vec<_>>>()?;
         out.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
@@ -330,27 +319,15 @@ impl Repository {
             return Err(Error::SnapshotNotFound(spec.into()));
         }
         let spec_l = spec.to_ascii_lowercase();
-        let names: Vec<_> = self
-            .backend()
-            .list(FileKind::Snapshot)?
-            .into_iter()
-            .filter(|(n, _)| n.starts_with(&spec_l))
-            .collect();
+        let names: Vec<_> =
+            self.backend().list(FileKind::Snapshot)?.into_iter().filter(|(n, _)| n.starts_with(&spec_l)).collect();
         match names.as_slice() {
             [] => Err(Error::SnapshotNotFound(spec.into())),
             [(n, _)] => {
-                let id: Id = n
-                    .parse()
-                    .map_err(|_| Error::corrupt(n, "bad snapshot name"))?;
-                Ok(SnapshotEntry {
-                    id,
-                    snapshot: self.load_snapshot(&id)?,
-                })
+                let id: Id = n.parse().map_err(|_| Error::corrupt(n, "bad snapshot name"))?;
+                Ok(SnapshotEntry { id, snapshot: self.load_snapshot(&id)? })
             }
-            _ => Err(Error::AmbiguousSnapshot {
-                prefix: spec.into(),
-                count: names.len(),
-            }),
+            _ => Err(Error::AmbiguousSnapshot { prefix: spec.into(), count: names.len() }),
         }
     }
 
@@ -368,15 +345,9 @@ impl Repository {
     }
 
     pub fn save_index_file(&self, f: &IndexFile) -> Result<Id> {
-        let sealed = envelope::seal(
-            self.key(),
-            EnvelopeKind::Index,
-            &f.encode(),
-            self.config().compression.max(1),
-        );
+        let sealed = envelope::seal(self.key(), EnvelopeKind::Index, &f.encode(), self.config().compression.max(1));
         let id = Id::of_stored(&sealed);
-        self.backend()
-            .write(FileKind::Index, &id.to_hex(), sealed)?;
+        self.backend().write(FileKind::Index, &id.to_hex(), sealed)?;
         Ok(id)
     }
 
@@ -391,28 +362,18 @@ impl Repository {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut index = Index::new();
-        index.reserve(
-            files
-                .iter()
-                .map(|(_, f)| f.packs.iter().map(|p| p.entries.len()).sum::<usize>())
-                .sum(),
-        );
+        index.reserve(files.iter().map(|(_, f)| f.packs.iter().map(|p| p.entries.len()).sum::<usize>()).sum());
         // Files superseded by another (after prune) are skipped: their
         // replacement already lists what is still stored.
-        let superseded: std::collections::HashSet<Id> = files
-            .iter()
-            .flat_map(|(_, f)| f.supersedes.iter().copied())
-            .collect();
+        let superseded: std::collections::HashSet<Id> =
+            files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
         for (id, f) in files {
             if !superseded.contains(&id) {
                 index.add_file(id, f);
             }
         }
         index.finish();
-        Ok(Indexed {
-            repo: self,
-            index: Arc::new(index),
-        })
+        Ok(Indexed { repo: self, index: Arc::new(index) })
     }
 }
 
@@ -427,10 +388,7 @@ impl Indexed {
     /// An indexed state from an index built elsewhere (check builds its
     /// own, tolerating damaged index files).
     pub fn from_parts(repo: Repository, index: Index) -> Indexed {
-        Indexed {
-            repo,
-            index: Arc::new(index),
-        }
+        Indexed { repo, index: Arc::new(index) }
     }
 
     pub fn repo(&self) -> &Repository {
@@ -449,12 +407,8 @@ impl Indexed {
 
     pub fn read_located(&self, loc: &BlobLocation) -> Result<Vec<u8>> {
         let name = loc.pack.id.to_hex();
-        let ct = self.repo.backend().read_range(
-            FileKind::Pack,
-            &name,
-            loc.entry.offset as u64,
-            loc.entry.length as u64,
-        )?;
+        let ct =
+            self.repo.backend().read_range(FileKind::Pack, &name, loc.entry.offset as u64, loc.entry.length as u64)?;
         let cipher = self.repo.key().pack_cipher(&loc.pack.salt);
         pack::open_blob(self.repo.key(), &cipher, &loc.entry, &ct, &name)
     }
@@ -469,11 +423,7 @@ impl Indexed {
 
     /// Depth-first walk of a tree in name order; `f` gets each node's full
     /// path inside the snapshot (starting with `/`) and the node.
-    pub fn walk_tree(
-        &self,
-        root: &Id,
-        f: &mut dyn FnMut(&str, &crate::tree::Node) -> Result<()>,
-    ) -> Result<()> {
+    pub fn walk_tree(&self, root: &Id, f: &mut dyn FnMut(&str, &crate::tree::Node) -> Result<()>) -> Result<()> {
         fn go(
             ix: &Indexed,
             id: &Id,
@@ -499,14 +449,10 @@ impl Indexed {
         let mut cur = *root;
         for part in path.split('/').filter(|p| !p.is_empty()) {
             let tree = self.load_tree(&cur)?;
-            let node =
-                tree.find(&crate::tree::Name::from(part))
-                    .ok_or_else(|| Error::NotFound {
-                        what: format!("path {path} in the snapshot"),
-                    })?;
-            cur = node.subtree.ok_or_else(|| {
-                Error::Invalid(format!("{path} is not a directory in the snapshot"))
-            })?;
+            let node = tree
+                .find(&crate::tree::Name::from(part))
+                .ok_or_else(|| Error::NotFound { what: format!("path {path} in the snapshot") })?;
+            cur = node.subtree.ok_or_else(|| Error::Invalid(format!("{path} is not a directory in the snapshot")))?;
         }
         Ok(cur)
     }
@@ -519,8 +465,7 @@ impl Indexed {
     where
         F: Fn(Id, Result<Vec<u8>>) + Sync,
     {
-        let mut by_pack: std::collections::HashMap<Id, Vec<BlobLocation>> =
-            std::collections::HashMap::new();
+        let mut by_pack: std::collections::HashMap<Id, Vec<BlobLocation>> = std::collections::HashMap::new();
         for id in ids {
             match self.index.get(id) {
                 Some(loc) => by_pack.entry(loc.pack.id).or_default().push(loc),
@@ -541,10 +486,7 @@ impl Indexed {
             let mut cur: Vec<BlobLocation> = Vec::new();
             let (mut start, mut end) = (0u64, 0u64);
             for l in locs {
-                let (o, e) = (
-                    l.entry.offset as u64,
-                    l.entry.offset as u64 + l.entry.length as u64,
-                );
+                let (o, e) = (l.entry.offset as u64, l.entry.offset as u64 + l.entry.length as u64);
                 if !cur.is_empty() && (o > end + GAP || end - start >= RUN_MAX) {
                     runs.push((start, end, std::mem::take(&mut cur)));
                 }
@@ -561,23 +503,14 @@ impl Indexed {
         }
         runs.into_par_iter().for_each(|(start, end, locs)| {
             let pack_name = locs[0].pack.id.to_hex();
-            match self
-                .repo
-                .backend()
-                .read_range(FileKind::Pack, &pack_name, start, end - start)
-            {
+            match self.repo.backend().read_range(FileKind::Pack, &pack_name, start, end - start) {
                 Ok(buf) => {
                     let cipher = self.repo.key().pack_cipher(&locs[0].pack.salt);
                     for l in &locs {
                         let a = (l.entry.offset as u64 - start) as usize;
                         let r = match buf.get(a..a + l.entry.length as usize) {
-                            Some(ct) => {
-                                pack::open_blob(self.repo.key(), &cipher, &l.entry, ct, &pack_name)
-                            }
-                            None => Err(Error::corrupt(
-                                format!("pack {pack_name}"),
-                                "shorter than the index says",
-                            )),
+                            Some(ct) => pack::open_blob(self.repo.key(), &cipher, &l.entry, ct, &pack_name),
+                            None => Err(Error::corrupt(format!("pack {pack_name}"), "shorter than the index says")),
                         };
                         f(l.entry.id, r);
                     }
@@ -585,10 +518,7 @@ impl Indexed {
                 Err(e) => {
                     let msg = e.to_string();
                     for l in &locs {
-                        f(
-                            l.entry.id,
-                            Err(Error::corrupt(format!("pack {pack_name}"), msg.clone())),
-                        );
+                        f(l.entry.id, Err(Error::corrupt(format!("pack {pack_name}"), msg.clone())));
                     }
                 }
             }

@@ -55,10 +55,7 @@ impl Serialize for Name {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match std::str::from_utf8(&self.0) {
             Ok(t) => NameRepr::Text(t.to_string()).serialize(s),
-            Err(_) => NameRepr::Bytes {
-                bytes: B64.encode(&self.0),
-            }
-            .serialize(s),
+            Err(_) => NameRepr::Bytes { bytes: B64.encode(&self.0) }.serialize(s),
         }
     }
 }
@@ -67,10 +64,7 @@ impl<'de> Deserialize<'de> for Name {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match NameRepr::deserialize(d)? {
             NameRepr::Text(t) => Ok(Name(t.into_bytes())),
-            NameRepr::Bytes { bytes } => B64
-                .decode(bytes)
-                .map(Name)
-                .map_err(serde::de::Error::custom),
+            NameRepr::Bytes { bytes } => B64.decode(bytes).map(Name).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -92,10 +86,7 @@ pub struct Xattr {
 
 impl Xattr {
     pub fn new(name: Name, value: &[u8]) -> Xattr {
-        Xattr {
-            name,
-            value: B64.encode(value),
-        }
+        Xattr { name, value: B64.encode(value) }
     }
 
     pub fn value_bytes(&self) -> Vec<u8> {
@@ -184,10 +175,7 @@ impl Tree {
     }
 
     pub fn find(&self, name: &Name) -> Option<&Node> {
-        self.nodes
-            .binary_search_by(|n| n.name.cmp(name))
-            .ok()
-            .map(|i| &self.nodes[i])
+        self.nodes.binary_search_by(|n| n.name.cmp(name)).ok().map(|i| &self.nodes[i])
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -195,8 +183,7 @@ impl Tree {
     }
 
     pub fn decode(object: &str, b: &[u8]) -> crate::Result<Tree> {
-        serde_json::from_slice(b)
-            .map_err(|e| crate::Error::corrupt(object, format!("not a tree: {e}")))
+        serde_json::from_slice(b).map_err(|e| crate::Error::corrupt(object, format!("not a tree: {e}")))
     }
 }
 
@@ -214,10 +201,7 @@ mod tests {
             any::<u64>(),
             proptest::collection::vec(any::<[u8; 32]>(), 0..3),
             proptest::collection::vec(
-                (
-                    proptest::collection::vec(any::<u8>(), 1..8),
-                    proptest::collection::vec(any::<u8>(), 0..8),
-                ),
+                (proptest::collection::vec(any::<u8>(), 1..8), proptest::collection::vec(any::<u8>(), 0..8)),
                 0..2,
             ),
         )
@@ -230,10 +214,7 @@ mod tests {
                 n.content = content.into_iter().map(Id).collect();
                 n.target = (kind == NodeKind::Symlink).then(|| Name(name));
                 n.subtree = (kind == NodeKind::Dir).then_some(Id([9; 32]));
-                n.xattrs = xattrs
-                    .into_iter()
-                    .map(|(k, v)| Xattr::new(Name(k), &v))
-                    .collect();
+                n.xattrs = xattrs.into_iter().map(|(k, v)| Xattr::new(Name(k), &v)).collect();
                 n
             })
     }
@@ -254,9 +235,6 @@ mod tests {
         let j = serde_json::to_string(&n).unwrap();
         assert!(j.contains("bytes"), "{j}");
         assert_eq!(serde_json::from_str::<Name>(&j).unwrap(), n);
-        assert_eq!(
-            serde_json::to_string(&Name::from("plain")).unwrap(),
-            "\"plain\""
-        );
+        assert_eq!(serde_json::to_string(&Name::from("plain")).unwrap(), "\"plain\"");
     }
 }

@@ -85,10 +85,7 @@ impl Shared {
             }
             std::mem::take(&mut *p)
         };
-        self.repo.save_index_file(&IndexFile {
-            supersedes: vec![],
-            packs,
-        })?;
+        self.repo.save_index_file(&IndexFile { supersedes: vec![], packs })?;
         self.counters.index_files.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -100,17 +97,10 @@ fn upload_loop(shared: Arc<Shared>, rx: Receiver<FinishedPack>) {
             continue;
         }
         let len = pack.bytes.len() as u64;
-        match shared
-            .repo
-            .backend()
-            .write(FileKind::Pack, &pack.id.to_hex(), pack.bytes)
-        {
+        match shared.repo.backend().write(FileKind::Pack, &pack.id.to_hex(), pack.bytes) {
             Ok(()) => {
                 shared.counters.packs.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .counters
-                    .bytes_stored
-                    .fetch_add(len, Ordering::Relaxed);
+                shared.counters.bytes_stored.fetch_add(len, Ordering::Relaxed);
                 shared.pending.lock().unwrap().push(IndexedPack {
                     id: pack.id,
                     salt: pack.salt,
@@ -206,14 +196,7 @@ impl Writer {
 
     fn check_failed(&self) -> Result<()> {
         if self.shared.failed.load(Ordering::SeqCst) {
-            let msg = self
-                .shared
-                .failure
-                .lock()
-                .unwrap()
-                .as_ref()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
+            let msg = self.shared.failure.lock().unwrap().as_ref().map(|e| e.to_string()).unwrap_or_default();
             return Err(Error::Invalid(format!("backup stopped: {msg}")));
         }
         Ok(())
@@ -226,7 +209,7 @@ impl Writer {
 
     /// Stores one blob unless it is already there; returns its id.
     pub fn save_blob(&self, blob_type: BlobType, data: &[u8]) -> Result<Id> {
-        let id = self.shared.repo.blob_id(data);
+        let id = self.shared.repo.blob_id(blob_type, data);
         self.save_with_id(blob_type, id, data)?;
         Ok(id)
     }
@@ -246,18 +229,9 @@ impl Writer {
         let stored = compressed.as_deref().unwrap_or(data);
         let pool = &self.packers[blob_type as usize];
         let mut packer = pool.lock().unwrap().pop().unwrap_or_else(|| {
-            Packer::new(
-                self.shared.repo.key(),
-                self.pack_size + self.chunker.params().max_size as usize + 4096,
-            )
+            Packer::new(self.shared.repo.key(), self.pack_size + self.chunker.params().max_size as usize + 4096)
         });
-        packer.add(
-            id,
-            blob_type,
-            stored,
-            compressed.is_some(),
-            data.len() as u32,
-        );
+        packer.add(id, blob_type, stored, compressed.is_some(), data.len() as u32);
         let c = &self.shared.counters;
         c.blobs_new.fetch_add(1, Ordering::Relaxed);
         c.bytes_new.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -271,8 +245,7 @@ impl Writer {
 
     fn send(&self, pack: FinishedPack) -> Result<()> {
         let tx = self.tx.as_ref().expect("writer is open");
-        tx.send(pack)
-            .map_err(|_| Error::Invalid("upload threads stopped".into()))?;
+        tx.send(pack).map_err(|_| Error::Invalid("upload threads stopped".into()))?;
         self.check_failed()
     }
 
@@ -292,19 +265,12 @@ impl Writer {
         if chunks.len() == 1 {
             return Ok(vec![self.save_blob(BlobType::Data, chunks[0])?]);
         }
-        chunks
-            .par_iter()
-            .map(|c| self.save_blob(BlobType::Data, c))
-            .collect()
+        chunks.par_iter().map(|c| self.save_blob(BlobType::Data, c)).collect()
     }
 
     /// Chunks and stores a stream; `progress` is told each batch's length.
     /// Returns the blob ids and the stream's length.
-    pub fn save_stream<R: Read>(
-        &self,
-        r: R,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<(Vec<Id>, u64)> {
+    pub fn save_stream<R: Read>(&self, r: R, progress: &(dyn Fn(u64) + Sync)) -> Result<(Vec<Id>, u64)> {
         let mut ids = Vec::new();
         let mut failure = None;
         let res = self.chunker.stream(r, STREAM_BATCH, |chunks| {
@@ -321,10 +287,7 @@ impl Writer {
         if let Some(e) = failure {
             return Err(e);
         }
-        let len = res.map_err(|e| Error::Io {
-            path: "stream".into(),
-            source: e,
-        })?;
+        let len = res.map_err(|e| Error::Io { path: "stream".into(), source: e })?;
         Ok((ids, len))
     }
 

@@ -8,12 +8,10 @@ pub enum Error {
     #[error(transparent)]
     Repo(#[from] arkiv_repo::Error),
 
+    // The cause is part of the message, not a `source`: printed as a chain
+    // it would appear twice.
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
 
     #[error(transparent)]
     Pattern(#[from] crate::files::filter::PatternError),

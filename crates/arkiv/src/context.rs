@@ -27,8 +27,7 @@ pub fn backend(g: &Global) -> Result<Backend> {
 /// terminal — in that order.
 pub fn password(g: &Global, prompt: &str, confirm: bool) -> Result<String> {
     if let Some(f) = &g.password_file {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("reading password file {}", f.display()))?;
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading password file {}", f.display()))?;
         return Ok(first_line(&text));
     }
     if let Ok(p) = std::env::var("ARKIV_PASSWORD") {
@@ -58,14 +57,29 @@ pub fn credential(g: &Global) -> Result<Credential> {
     if let Some(k) = &g.key_file {
         return Ok(Credential::from_key_file(k)?);
     }
-    Ok(Credential::password(password(
-        g,
-        "repository password: ",
-        false,
-    )?))
+    Ok(Credential::password(password(g, "repository password: ", false)?))
+}
+
+/// Refuses a local location that holds no repository before the backend
+/// is built: building it creates the directory and its `tmp/`, which would
+/// leave litter at a mistyped path or inside an unrelated directory.
+fn ensure_repository(g: &Global) -> Result<()> {
+    let Some(repo) = g.repo.as_deref().filter(|r| !r.contains("://")) else {
+        return Ok(()); // `backend` says what is wrong
+    };
+    let path = Path::new(repo);
+    match std::fs::metadata(path.join("config")) {
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            let location = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            Err(arkiv_repo::Error::NotARepository { location: location.display().to_string() }.into())
+        }
+        // Anything else (e.g. no permission) is reported by the backend.
+        _ => Ok(()),
+    }
 }
 
 pub fn open(g: &Global) -> Result<Repository> {
+    ensure_repository(g)?;
     let backend = backend(g)?;
     let cred = credential(g)?;
     Ok(Repository::open(backend, &cred)?)

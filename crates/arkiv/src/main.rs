@@ -16,6 +16,12 @@ use clap::Parser;
 pub const EXIT_PARTIAL: u8 = 3;
 
 fn main() -> ExitCode {
+    // Output piped into `head` ends quietly, as for any Unix tool, instead
+    // of panicking on a closed pipe.
+    // SAFETY: restoring the default disposition of a signal at start-up.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

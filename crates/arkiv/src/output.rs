@@ -23,9 +23,7 @@ pub fn bytes(n: u64) -> String {
 }
 
 pub fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
-    t.with_timezone(&chrono::Local)
-        .format("%Y-%m-%d %H:%M:%S")
-        .to_string()
+    t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 pub fn mode_string(kind: arkiv_repo::NodeKind, mode: u32) -> String {

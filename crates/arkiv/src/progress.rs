@@ -29,11 +29,7 @@ impl Ticker {
         F: Fn(&ProgressBar) + Send + 'static,
     {
         if !enabled(g) {
-            return Ticker {
-                stop: Arc::new(AtomicBool::new(true)),
-                handle: None,
-                bar: None,
-            };
+            return Ticker { stop: Arc::new(AtomicBool::new(true)), handle: None, bar: None };
         }
         let bar = ProgressBar::new(0);
         bar.set_style(
@@ -49,11 +45,7 @@ impl Ticker {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        Ticker {
-            stop,
-            handle: Some(handle),
-            bar: Some(bar),
-        }
+        Ticker { stop, handle: Some(handle), bar: Some(bar) }
     }
 
     pub fn finish(mut self) {

@@ -22,9 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use arkiv_repo::{
-    Id, Indexed, Name, Node, NodeKind, Skipped, Snapshot, SnapshotFilter, Tree, Writer,
-};
+use arkiv_repo::{Id, Indexed, Name, Node, NodeKind, Skipped, Snapshot, SnapshotFilter, Tree, Writer};
 use rayon::prelude::*;
 
 use super::filter::PathFilter;
@@ -99,11 +97,7 @@ impl Ctx<'_> {
         } else {
             tracing::warn!("skipped {}: {reason}", path.display());
         }
-        self.skipped.lock().unwrap().push(Skipped {
-            path: path.display().to_string(),
-            reason,
-            error,
-        });
+        self.skipped.lock().unwrap().push(Skipped { path: path.display().to_string(), reason, error });
     }
 
     fn fatal(&self, e: arkiv_repo::Error) {
@@ -140,13 +134,7 @@ impl Ctx<'_> {
     }
 
     /// Saves one directory entry; `None` when it is excluded or skipped.
-    fn save_entry(
-        &self,
-        path: &Path,
-        name: Name,
-        parent: Option<&Node>,
-        root_dev: u64,
-    ) -> Option<Node> {
+    fn save_entry(&self, path: &Path, name: Name, parent: Option<&Node>, root_dev: u64) -> Option<Node> {
         if self.stopped() {
             return None;
         }
@@ -181,9 +169,7 @@ impl Ctx<'_> {
             node.xattrs = self.xattrs(path);
             self.save_file(path, &mut node, parent)?;
             self.counts.total_files.fetch_add(1, Ordering::Relaxed);
-            self.counts
-                .total_bytes
-                .fetch_add(node.size, Ordering::Relaxed);
+            self.counts.total_bytes.fetch_add(node.size, Ordering::Relaxed);
             self.progress.files.fetch_add(1, Ordering::Relaxed);
             Some(node)
         } else if ft.is_symlink() {
@@ -223,12 +209,9 @@ impl Ctx<'_> {
 
     fn unchanged(&self, node: &Node, parent: Option<&Node>) -> Option<Vec<Id>> {
         let p = parent.filter(|p| p.kind == NodeKind::File)?;
-        let same = p.size == node.size
-            && p.mtime_ns == node.mtime_ns
-            && p.ctime_ns == node.ctime_ns
-            && p.inode == node.inode;
-        (same && !self.opts.force && p.content.iter().all(|id| self.writer.has_blob(id)))
-            .then(|| p.content.clone())
+        let same =
+            p.size == node.size && p.mtime_ns == node.mtime_ns && p.ctime_ns == node.ctime_ns && p.inode == node.inode;
+        (same && !self.opts.force && p.content.iter().all(|id| self.writer.has_blob(id))).then(|| p.content.clone())
     }
 
     fn save_file(&self, path: &Path, node: &mut Node, parent: Option<&Node>) -> Option<()> {
@@ -254,6 +237,10 @@ impl Ctx<'_> {
                 self.fatal(e);
                 None
             }
+            Err(Error::Io { source, .. }) => {
+                self.skip(path, source.to_string(), true);
+                None
+            }
             Err(e) => {
                 self.skip(path, e.to_string(), true);
                 None
@@ -262,10 +249,7 @@ impl Ctx<'_> {
     }
 
     fn read_content(&self, path: &Path, size: u64) -> Result<(Vec<Id>, u64)> {
-        let io_err = |e: io::Error| Error::Io {
-            path: path.display().to_string(),
-            source: e,
-        };
+        let io_err = |e: io::Error| Error::Io { path: path.display().to_string(), source: e };
         // O_NOATIME keeps a backup from touching every file's atime; only
         // the owner (or root) may ask for it, so fall back without it.
         let file = fs::OpenOptions::new()
@@ -290,22 +274,14 @@ impl Ctx<'_> {
             }
             // It grew while we read: stream it like a large file.
             let file = File::open(path).map_err(io_err)?;
-            return Ok(self
-                .writer
-                .save_stream(file, &progress)
-                .map_err(|e| stream_err(e, path))?);
+            return Ok(self.writer.save_stream(file, &progress).map_err(|e| stream_err(e, path))?);
         }
-        Ok(self
-            .writer
-            .save_stream(file, &progress)
-            .map_err(|e| stream_err(e, path))?)
+        Ok(self.writer.save_stream(file, &progress).map_err(|e| stream_err(e, path))?)
     }
 
     fn is_tagged_cache(&self, dir: &Path) -> bool {
         let mut buf = [0u8; CACHEDIR_SIGNATURE.len()];
-        File::open(dir.join("CACHEDIR.TAG"))
-            .and_then(|mut f| f.read_exact(&mut buf))
-            .is_ok()
+        File::open(dir.join("CACHEDIR.TAG")).and_then(|mut f| f.read_exact(&mut buf)).is_ok()
             && buf == CACHEDIR_SIGNATURE
     }
 
@@ -339,9 +315,7 @@ impl Ctx<'_> {
         if self.stopped() {
             return None;
         }
-        Some(Tree {
-            nodes: nodes.into_iter().flatten().collect(),
-        })
+        Some(Tree { nodes: nodes.into_iter().flatten().collect() })
     }
 }
 
@@ -349,10 +323,7 @@ impl Ctx<'_> {
 /// fatal, a read error names the file.
 fn stream_err(e: arkiv_repo::Error, path: &Path) -> Error {
     match e {
-        arkiv_repo::Error::Io { source, .. } => Error::Io {
-            path: path.display().to_string(),
-            source,
-        },
+        arkiv_repo::Error::Io { source, .. } => Error::Io { path: path.display().to_string(), source },
         other => Error::Repo(other),
     }
 }
@@ -388,10 +359,8 @@ fn build_virtual(paths: &[PathBuf]) -> VirtualDir {
                 cur.children.insert(name, VirtualEntry::Real(p.clone()));
                 break;
             }
-            let entry = cur
-                .children
-                .entry(name)
-                .or_insert_with(|| VirtualEntry::Dir(so_far.clone(), VirtualDir::default()));
+            let entry =
+                cur.children.entry(name).or_insert_with(|| VirtualEntry::Dir(so_far.clone(), VirtualDir::default()));
             match entry {
                 VirtualEntry::Dir(_, d) => cur = d,
                 // An ancestor is itself backed up whole.
@@ -434,9 +403,7 @@ impl Ctx<'_> {
         if self.stopped() {
             return None;
         }
-        Some(Tree {
-            nodes: nodes.into_iter().flatten().collect(),
-        })
+        Some(Tree { nodes: nodes.into_iter().flatten().collect() })
     }
 }
 
@@ -445,10 +412,7 @@ impl Ctx<'_> {
 pub fn absolute_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
-        let abs = std::path::absolute(p).map_err(|e| Error::Io {
-            path: p.display().to_string(),
-            source: e,
-        })?;
+        let abs = std::path::absolute(p).map_err(|e| Error::Io { path: p.display().to_string(), source: e })?;
         let mut norm = PathBuf::from("/");
         for c in abs.components() {
             match c {
@@ -459,10 +423,7 @@ pub fn absolute_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 _ => {}
             }
         }
-        fs::symlink_metadata(&norm).map_err(|e| Error::Io {
-            path: p.display().to_string(),
-            source: e,
-        })?;
+        fs::symlink_metadata(&norm).map_err(|e| Error::Io { path: p.display().to_string(), source: e })?;
         out.push(norm);
     }
     out.sort();
@@ -471,37 +432,24 @@ pub fn absolute_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 /// Backs up `opts.paths` and writes a snapshot (unless dry-run).
-pub fn backup(
-    indexed: &Indexed,
-    opts: &BackupOptions,
-    progress: &Progress,
-) -> Result<BackupOutcome> {
+pub fn backup(indexed: &Indexed, opts: &BackupOptions, progress: &Progress) -> Result<BackupOutcome> {
     let started = chrono::Utc::now();
     let t0 = Instant::now();
     let paths = absolute_paths(&opts.paths)?;
     if paths.is_empty() {
-        return Err(Error::Invalid(
-            "nothing to back up: give at least one path".into(),
-        ));
+        return Err(Error::Invalid("nothing to back up: give at least one path".into()));
     }
     let path_strings: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-    let host = opts
-        .host
-        .clone()
-        .unwrap_or_else(arkiv_repo::snapshot::hostname);
+    let host = opts.host.clone().unwrap_or_else(arkiv_repo::snapshot::hostname);
     let repo = indexed.repo();
 
-    let parent = if opts.force {
-        None
-    } else if let Some(spec) = &opts.parent {
+    // --force still records the parent (and counts changed files against
+    // it); it only stops unchanged files from being skipped.
+    let parent = if let Some(spec) = &opts.parent {
         Some(repo.find_snapshot(spec, &SnapshotFilter::default())?)
     } else {
-        let filter = SnapshotFilter {
-            host: Some(host.clone()),
-            paths: vec![],
-            tags: vec![],
-            source: Some("files".into()),
-        };
+        let filter =
+            SnapshotFilter { host: Some(host.clone()), paths: vec![], tags: vec![], source: Some("files".into()) };
         let mut candidates: Vec<_> = repo
             .list_snapshots()?
             .into_iter()
@@ -514,11 +462,7 @@ pub fn backup(
         None => None,
     };
 
-    let writer = if opts.dry_run {
-        Writer::new_dry_run(indexed)
-    } else {
-        Writer::new(indexed)
-    };
+    let writer = if opts.dry_run { Writer::new_dry_run(indexed) } else { Writer::new(indexed) };
     let ctx = Ctx {
         indexed,
         writer: &writer,
@@ -528,16 +472,20 @@ pub fn backup(
         counts: Counts::default(),
         fatal: Mutex::new(None),
     };
-    let vroot = build_virtual(&paths);
-    let root = ctx.save_virtual(&vroot, parent_root.as_ref());
+    // Backing up `/` makes the file system root the snapshot's root; any
+    // other path is reached through the directories above it.
+    let root = if paths.iter().any(|p| p.as_os_str() == "/") {
+        let dev = fs::symlink_metadata("/").map(|m| m.dev()).unwrap_or(0);
+        ctx.save_dir(Path::new("/"), parent_root.as_ref(), dev)
+    } else {
+        ctx.save_virtual(&build_virtual(&paths), parent_root.as_ref())
+    };
     if let Some(e) = ctx.fatal.lock().unwrap().take() {
         return Err(Error::Repo(e));
     }
     let root = root.ok_or_else(|| Error::Invalid("backup stopped".into()))?;
     let tree_id = writer.save_tree(&root)?;
-    let Ctx {
-        skipped, counts, ..
-    } = ctx;
+    let Ctx { skipped, counts, .. } = ctx;
     let stats = writer.finish()?;
 
     let mut snap = Snapshot::new("files", tree_id);
@@ -563,11 +511,7 @@ pub fn backup(
         bytes_new: stats.bytes_new,
         bytes_stored: stats.bytes_stored,
     };
-    let id = if opts.dry_run {
-        None
-    } else {
-        Some(repo.save_snapshot(&snap)?)
-    };
+    let id = if opts.dry_run { None } else { Some(repo.save_snapshot(&snap)?) };
     Ok(BackupOutcome { id, snapshot: snap })
 }
 
@@ -580,24 +524,16 @@ pub fn backup_stream<R: Read>(
     progress: &Progress,
 ) -> Result<BackupOutcome> {
     if name.is_empty() || name.contains('/') {
-        return Err(Error::Invalid(format!(
-            "--stdin-filename '{name}' must be a plain file name"
-        )));
+        return Err(Error::Invalid(format!("--stdin-filename '{name}' must be a plain file name")));
     }
     let started = chrono::Utc::now();
     let t0 = Instant::now();
-    let writer = if opts.dry_run {
-        Writer::new_dry_run(indexed)
-    } else {
-        Writer::new(indexed)
-    };
+    let writer = if opts.dry_run { Writer::new_dry_run(indexed) } else { Writer::new(indexed) };
     let count = |n: u64| {
         progress.bytes.fetch_add(n, Ordering::Relaxed);
         progress.bytes_read.fetch_add(n, Ordering::Relaxed);
     };
-    let (content, len) = writer
-        .save_stream(reader, &count)
-        .map_err(|e| stream_err(e, Path::new("stdin")))?;
+    let (content, len) = writer.save_stream(reader, &count).map_err(|e| stream_err(e, Path::new("stdin")))?;
     let now = chrono::Utc::now();
     let mut node = Node::new(Name::from(name), NodeKind::File);
     node.mode = 0o644;
@@ -628,10 +564,6 @@ pub fn backup_stream<R: Read>(
         bytes_stored: stats.bytes_stored,
         ..Default::default()
     };
-    let id = if opts.dry_run {
-        None
-    } else {
-        Some(indexed.repo().save_snapshot(&snap)?)
-    };
+    let id = if opts.dry_run { None } else { Some(indexed.repo().save_snapshot(&snap)?) };
     Ok(BackupOutcome { id, snapshot: snap })
 }

@@ -32,10 +32,7 @@ fn glob(p: &str) -> Result<Glob, PatternError> {
         .literal_separator(true)
         .backslash_escape(true)
         .build()
-        .map_err(|e| PatternError {
-            pattern: p.to_string(),
-            reason: e.kind().to_string(),
-        })
+        .map_err(|e| PatternError { pattern: p.to_string(), reason: e.kind().to_string() })
 }
 
 impl PathFilter {
@@ -48,11 +45,7 @@ impl PathFilter {
                 continue;
             }
             if p.contains('/') {
-                let anchored = if p.starts_with('/') {
-                    p.to_string()
-                } else {
-                    format!("**/{p}")
-                };
+                let anchored = if p.starts_with('/') { p.to_string() } else { format!("**/{p}") };
                 paths.add(glob(&anchored)?);
                 n_paths += 1;
             } else {
@@ -64,16 +57,9 @@ impl PathFilter {
             if n == 0 {
                 return Ok(None);
             }
-            b.build().map(Some).map_err(|e| PatternError {
-                pattern: "(set)".into(),
-                reason: e.to_string(),
-            })
+            b.build().map(Some).map_err(|e| PatternError { pattern: "(set)".into(), reason: e.to_string() })
         };
-        Ok(PathFilter {
-            names: build(names, n_names)?,
-            paths: build(paths, n_paths)?,
-            count: n_names + n_paths,
-        })
+        Ok(PathFilter { names: build(names, n_names)?, paths: build(paths, n_paths)?, count: n_names + n_paths })
     }
 
     /// Reads patterns from files, one a line; blank lines and `#` comments
@@ -83,12 +69,7 @@ impl PathFilter {
         for f in files {
             let text = std::fs::read_to_string(f)
                 .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", f.display())))?;
-            out.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(String::from),
-            );
+            out.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
         }
         Ok(out)
     }
@@ -109,8 +90,7 @@ impl PathFilter {
 
     /// Whether `path` or any of its ancestors matches.
     pub fn matches_or_inside(&self, path: &Path) -> bool {
-        path.ancestors()
-            .any(|a| a.as_os_str().len() > 1 && self.matches(a))
+        path.ancestors().any(|a| a.as_os_str().len() > 1 && self.matches(a))
     }
 }
 
@@ -126,14 +106,9 @@ mod tests {
         assert!(f.matches(Path::new("/srv/cache")));
         assert!(!f.matches(Path::new("/other/srv/cache")));
         assert!(f.matches(Path::new("/app/logs/a.log")));
-        assert!(
-            !f.matches(Path::new("/app/logs/deep/a.log")),
-            "* does not cross /"
-        );
+        assert!(!f.matches(Path::new("/app/logs/deep/a.log")), "* does not cross /");
         assert!(f.matches_or_inside(Path::new("/srv/cache/x/y")));
-        assert!(!PathFilter::new::<&str>(&[])
-            .unwrap()
-            .matches(Path::new("/x")));
+        assert!(!PathFilter::new::<&str>(&[]).unwrap().matches(Path::new("/x")));
     }
 
     #[test]

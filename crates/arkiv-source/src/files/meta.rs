@@ -83,11 +83,7 @@ pub fn apply(path: &Path, node: &Node) -> io::Result<()> {
         if let Err(e) = xattr::set(path, x.name.as_os(), &x.value_bytes()) {
             // Not every target file system takes every namespace (e.g.
             // `security.*` without privileges); the data still restores.
-            tracing::warn!(
-                "{}: cannot set xattr {}: {e}",
-                path.display(),
-                x.name.lossy()
-            );
+            tracing::warn!("{}: cannot set xattr {}: {e}", path.display(), x.name.lossy());
         }
     }
     let t = FileTime::from_unix_time(

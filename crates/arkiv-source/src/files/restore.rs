@@ -137,12 +137,8 @@ impl Planner<'_> {
                             plan.dirs.push(Item { rel: child, node });
                         }
                     }
-                    NodeKind::File if self.selected(&child) => {
-                        plan.files.push(Item { rel: child, node })
-                    }
-                    NodeKind::Symlink if self.selected(&child) => {
-                        plan.symlinks.push(Item { rel: child, node })
-                    }
+                    NodeKind::File if self.selected(&child) => plan.files.push(Item { rel: child, node }),
+                    NodeKind::Symlink if self.selected(&child) => plan.symlinks.push(Item { rel: child, node }),
                     _ => {}
                 }
                 Ok(plan)
@@ -181,22 +177,16 @@ pub fn restore(
     progress.total_bytes.store(total, Ordering::Relaxed);
 
     if opts.dry_run {
-        for (items, kind) in [
-            (&plan.dirs, NodeKind::Dir),
-            (&plan.files, NodeKind::File),
-            (&plan.symlinks, NodeKind::Symlink),
-        ] {
+        for (items, kind) in
+            [(&plan.dirs, NodeKind::Dir), (&plan.files, NodeKind::File), (&plan.symlinks, NodeKind::Symlink)]
+        {
             for i in items.iter() {
                 let t = target_of(&opts.target, &i.rel);
                 if kind != NodeKind::Dir && !opts.overwrite && fs::symlink_metadata(&t).is_ok() {
                     out.skipped_existing.push(t.display().to_string());
                     continue;
                 }
-                out.planned.push(Planned {
-                    path: t.display().to_string(),
-                    kind,
-                    size: i.node.size,
-                });
+                out.planned.push(Planned { path: t.display().to_string(), kind, size: i.node.size });
             }
         }
         out.planned.sort_by(|a, b| a.path.cmp(&b.path));
@@ -207,10 +197,7 @@ pub fn restore(
         return Ok(out);
     }
 
-    let io = |p: &Path, e: std::io::Error| Error::Io {
-        path: p.display().to_string(),
-        source: e,
-    };
+    let io = |p: &Path, e: std::io::Error| Error::Io { path: p.display().to_string(), source: e };
     fs::create_dir_all(&opts.target).map_err(|e| io(&opts.target, e))?;
     for d in &plan.dirs {
         let t = target_of(&opts.target, &d.rel);
@@ -243,16 +230,9 @@ pub fn restore(
             }
             first_of_inode.insert((f.node.device, f.node.inode), targets.len());
         }
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&t)
-            .map_err(|e| io(&t, e))?;
+        let file = OpenOptions::new().write(true).create_new(true).open(&t).map_err(|e| io(&t, e))?;
         file.set_len(f.node.size).map_err(|e| io(&t, e))?;
-        targets.push(Target {
-            path: t,
-            damaged: AtomicBool::new(false),
-        });
+        targets.push(Target { path: t, damaged: AtomicBool::new(false) });
         file_items.push(f);
     }
 
@@ -274,10 +254,7 @@ pub fn restore(
     let damaged: Mutex<Vec<Damaged>> = Mutex::new(Vec::new());
     let mark = |fi: usize, reason: String| {
         if !targets[fi].damaged.swap(true, Ordering::Relaxed) {
-            damaged.lock().unwrap().push(Damaged {
-                path: targets[fi].path.display().to_string(),
-                reason,
-            });
+            damaged.lock().unwrap().push(Damaged { path: targets[fi].path.display().to_string(), reason });
         }
     };
     for (fi, id) in missing {
@@ -303,9 +280,7 @@ pub fn restore(
                             continue;
                         }
                     }
-                    progress
-                        .bytes
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
             }
             Err(e) => {
@@ -340,11 +315,7 @@ pub fn restore(
         }
         match fs::hard_link(&src.path, &path) {
             Ok(()) => out.hardlinks += 1,
-            Err(e) => warnings.push(format!(
-                "{}: cannot link to {}: {e}",
-                path.display(),
-                src.path.display()
-            )),
+            Err(e) => warnings.push(format!("{}: cannot link to {}: {e}", path.display(), src.path.display())),
         }
     }
     for s in &plan.symlinks {
@@ -356,12 +327,7 @@ pub fn restore(
             }
             fs::remove_file(&t).map_err(|e| io(&t, e))?;
         }
-        let link = s
-            .node
-            .target
-            .as_ref()
-            .map(|n| n.as_os().to_owned())
-            .unwrap_or_default();
+        let link = s.node.target.as_ref().map(|n| n.as_os().to_owned()).unwrap_or_default();
         std::os::unix::fs::symlink(&link, &t).map_err(|e| io(&t, e))?;
         if let Err(e) = meta::apply(&t, &s.node) {
             warnings.push(format!("{}: {e}", t.display()));

@@ -63,9 +63,6 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<ExitCode> {
             "snapshot": s,
         }));
     } else if !g.quiet {
-        for k in s.skipped.iter().filter(|k| k.error) {
-            eprintln!("arkiv: warning: {}: {}", k.path, k.reason);
-        }
         let m = &s.summary;
         println!(
             "files: {} new, {} changed, {} unmodified; {} directories",
@@ -86,9 +83,7 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<ExitCode> {
     }
     if s.is_partial() {
         let n = s.skipped.iter().filter(|k| k.error).count();
-        eprintln!(
-            "arkiv: backup is partial: {n} item(s) could not be read (listed in the snapshot)"
-        );
+        eprintln!("arkiv: backup is partial: {n} item(s) could not be read (listed in the snapshot)");
         return Ok(ExitCode::from(crate::EXIT_PARTIAL));
     }
     Ok(ExitCode::SUCCESS)

@@ -13,19 +13,14 @@ use crate::output;
 pub fn snapshots(g: &Global, f: FilterArgs) -> Result<ExitCode> {
     let repo = crate::context::open(g)?;
     let filter = super::snapshot_filter(&f);
-    let list: Vec<_> = repo
-        .list_snapshots()?
-        .into_iter()
-        .filter(|e| filter.matches(&e.snapshot))
-        .collect();
+    let list: Vec<_> = repo.list_snapshots()?.into_iter().filter(|e| filter.matches(&e.snapshot)).collect();
     if g.json {
         output::json(&list);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<9} {:<19} {:<16} {:<12} {:>11}  paths",
-        "id", "time", "host", "tags", "size"
-    );
+    if !g.quiet {
+        println!("{:<9} {:<19} {:<16} {:<12} {:>11}  paths", "id", "time", "host", "tags", "size");
+    }
     for e in &list {
         let s = &e.snapshot;
         let partial = if s.is_partial() { " (partial)" } else { "" };
@@ -79,13 +74,7 @@ pub fn ls(g: &Global, a: LsArgs) -> Result<ExitCode> {
     ix.walk_tree(&root, &mut |p, n| {
         let path = format!("{base}{p}");
         if g.json {
-            entries.push(
-                serde_json::to_value(Entry {
-                    path: &path,
-                    node: n,
-                })
-                .expect("serialisable"),
-            );
+            entries.push(serde_json::to_value(Entry { path: &path, node: n }).expect("serialisable"));
         } else if a.long {
             println!("{}", long_line(&path, n));
         } else {
@@ -107,19 +96,11 @@ struct Change {
     path: String,
 }
 
-fn diff_trees(
-    ix: &Indexed,
-    a: Option<&Id>,
-    b: Option<&Id>,
-    prefix: &str,
-    out: &mut Vec<Change>,
-) -> Result<()> {
+fn diff_trees(ix: &Indexed, a: Option<&Id>, b: Option<&Id>, prefix: &str, out: &mut Vec<Change>) -> Result<()> {
     if a == b {
         return Ok(());
     }
-    let load = |id: Option<&Id>| -> Result<Tree> {
-        Ok(id.map(|i| ix.load_tree(i)).transpose()?.unwrap_or_default())
-    };
+    let load = |id: Option<&Id>| -> Result<Tree> { Ok(id.map(|i| ix.load_tree(i)).transpose()?.unwrap_or_default()) };
     let (ta, tb) = (load(a)?, load(b)?);
     let (mut i, mut j) = (0, 0);
     while i < ta.nodes.len() || j < tb.nodes.len() {
@@ -132,18 +113,12 @@ fn diff_trees(
         match order {
             std::cmp::Ordering::Less => {
                 let n = na.unwrap();
-                out.push(Change {
-                    change: "-",
-                    path: format!("{prefix}/{}", n.name.lossy()),
-                });
+                out.push(Change { change: "-", path: format!("{prefix}/{}", n.name.lossy()) });
                 i += 1;
             }
             std::cmp::Ordering::Greater => {
                 let n = nb.unwrap();
-                out.push(Change {
-                    change: "+",
-                    path: format!("{prefix}/{}", n.name.lossy()),
-                });
+                out.push(Change { change: "+", path: format!("{prefix}/{}", n.name.lossy()) });
                 j += 1;
             }
             std::cmp::Ordering::Equal => {
@@ -158,18 +133,11 @@ fn diff_trees(
                         || x.mtime_ns != y.mtime_ns
                         || x.xattrs != y.xattrs;
                     match x.kind {
-                        NodeKind::File if x.content != y.content => {
-                            out.push(Change { change: "M", path })
-                        }
-                        NodeKind::Symlink if x.target != y.target => {
-                            out.push(Change { change: "M", path })
-                        }
+                        NodeKind::File if x.content != y.content => out.push(Change { change: "M", path }),
+                        NodeKind::Symlink if x.target != y.target => out.push(Change { change: "M", path }),
                         NodeKind::Dir => {
                             if meta_changed {
-                                out.push(Change {
-                                    change: "m",
-                                    path: path.clone(),
-                                });
+                                out.push(Change { change: "m", path: path.clone() });
                             }
                             diff_trees(ix, x.subtree.as_ref(), y.subtree.as_ref(), &path, out)?;
                         }
@@ -188,19 +156,10 @@ fn diff_trees(
 pub fn diff(g: &Global, a: DiffArgs) -> Result<ExitCode> {
     let repo = crate::context::open(g)?;
     let filter = arkiv_repo::SnapshotFilter::default();
-    let (s1, s2) = (
-        repo.find_snapshot(&a.first, &filter)?,
-        repo.find_snapshot(&a.second, &filter)?,
-    );
+    let (s1, s2) = (repo.find_snapshot(&a.first, &filter)?, repo.find_snapshot(&a.second, &filter)?);
     let ix = repo.index()?;
     let mut changes = Vec::new();
-    diff_trees(
-        &ix,
-        Some(&s1.snapshot.tree),
-        Some(&s2.snapshot.tree),
-        "",
-        &mut changes,
-    )?;
+    diff_trees(&ix, Some(&s1.snapshot.tree), Some(&s2.snapshot.tree), "", &mut changes)?;
     if g.json {
         output::json(&serde_json::json!({ "first": s1.id, "second": s2.id, "changes": changes }));
     } else {
@@ -229,10 +188,7 @@ pub fn find(g: &Global, a: FindArgs) -> Result<ExitCode> {
         Some(s) => vec![repo.find_snapshot(s, &super::snapshot_filter(&a.filter))?],
         None => {
             let f = super::snapshot_filter(&a.filter);
-            repo.list_snapshots()?
-                .into_iter()
-                .filter(|e| f.matches(&e.snapshot))
-                .collect()
+            repo.list_snapshots()?.into_iter().filter(|e| f.matches(&e.snapshot)).collect()
         }
     };
     let ix = repo.index()?;

@@ -11,18 +11,14 @@ use crate::output;
 fn new_credential(a: &KeyAddArgs) -> Result<Credential> {
     if let Some(path) = &a.new_key_file {
         if path.exists() {
-            anyhow::bail!(
-                "{}: already exists; not overwriting a key file",
-                path.display()
-            );
+            anyhow::bail!("{}: already exists; not overwriting a key file", path.display());
         }
         let (cred, text) = Credential::new_key_file_text();
         super::maintenance::write_secret_file(path, &text)?;
         return Ok(cred);
     }
     let p = if let Some(f) = &a.new_password_file {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
         crate::context::first_line(&text)
     } else if let Ok(p) = std::env::var("ARKIV_NEW_PASSWORD") {
         p
@@ -36,11 +32,7 @@ fn new_credential(a: &KeyAddArgs) -> Result<Credential> {
 }
 
 fn kdf(a: &KeyAddArgs) -> KdfParams {
-    KdfParams {
-        memory_kib: a.argon2_memory_kib,
-        iterations: a.argon2_iterations,
-        parallelism: 1,
-    }
+    KdfParams { memory_kib: a.argon2_memory_kib, iterations: a.argon2_iterations, parallelism: 1 }
 }
 
 pub fn run(g: &Global, k: KeyCommand) -> Result<ExitCode> {
@@ -51,10 +43,7 @@ pub fn run(g: &Global, k: KeyCommand) -> Result<ExitCode> {
             if g.json {
                 output::json(&keys);
             } else {
-                println!(
-                    "  {:<10} {:<9} {:<16} {:<12} created",
-                    "id", "kind", "host", "user"
-                );
+                println!("  {:<10} {:<9} {:<16} {:<12} created", "id", "kind", "host", "user");
                 for k in keys {
                     let kind = match k.slot.kind {
                         arkiv_repo::keys::SlotKind::Password => "password",
@@ -88,11 +77,7 @@ pub fn run(g: &Global, k: KeyCommand) -> Result<ExitCode> {
             if g.json {
                 output::json(&serde_json::json!({ "added": id, "removed": old }));
             } else if !g.quiet {
-                println!(
-                    "password changed: key slot {} replaces {}",
-                    &id[..8],
-                    &old[..8]
-                );
+                println!("password changed: key slot {} replaces {}", &id[..8], &old[..8]);
             }
         }
     }

@@ -8,9 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use arkiv_repo::check::{self, CheckProgress, ReadData};
-use arkiv_repo::{
-    BlobType, Credential, FileKind, Id, InitOptions, KdfParams, NodeKind, Repository,
-};
+use arkiv_repo::{BlobType, Credential, FileKind, Id, InitOptions, KdfParams, NodeKind, Repository};
 use serde::Serialize;
 
 use crate::cli::{CatArgs, CheckArgs, Global, InitArgs, StatsArgs};
@@ -22,29 +20,24 @@ pub fn init(g: &Global, a: InitArgs) -> Result<ExitCode> {
     let cred = match &a.new_key_file {
         Some(path) => {
             if path.exists() {
-                bail!(
-                    "{}: already exists; not overwriting a key file",
-                    path.display()
-                );
+                bail!("{}: already exists; not overwriting a key file", path.display());
             }
             let (cred, text) = Credential::new_key_file_text();
             write_secret_file(path, &text)?;
             cred
         }
-        None => Credential::password(crate::context::password(
-            g,
-            "new repository password: ",
-            true,
-        )?),
+        None => {
+            let p = crate::context::password(g, "new repository password: ", true)?;
+            if p.is_empty() {
+                bail!("an empty password is not allowed: set ARKIV_PASSWORD or --password-file to a non-empty one");
+            }
+            Credential::password(p)
+        }
     };
     let opts = InitOptions {
         compression: a.compression,
         pack_size: a.pack_size_mib.saturating_mul(1 << 20),
-        kdf: KdfParams {
-            memory_kib: a.argon2_memory_kib,
-            iterations: a.argon2_iterations,
-            parallelism: 1,
-        },
+        kdf: KdfParams { memory_kib: a.argon2_memory_kib, iterations: a.argon2_iterations, parallelism: 1 },
         ..Default::default()
     };
     let repo = Repository::init(backend, &cred, opts)?;
@@ -53,14 +46,8 @@ pub fn init(g: &Global, a: InitArgs) -> Result<ExitCode> {
             &serde_json::json!({ "id": repo.config().id, "location": repo.backend().location(), "config": repo.config() }),
         );
     } else if !g.quiet {
-        println!(
-            "created repository {} at {}",
-            repo.config().id.short(),
-            repo.backend().location()
-        );
-        println!(
-            "keep the password (or key file) safe: without it the data cannot be read by anyone"
-        );
+        println!("created repository {} at {}", repo.config().id.short(), repo.backend().location());
+        println!("keep the password (or key file) safe: without it the data cannot be read by anyone");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -73,8 +60,7 @@ pub fn write_secret_file(path: &std::path::Path, text: &str) -> Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("creating key file {}", path.display()))?;
-    f.write_all(text.as_bytes())
-        .with_context(|| format!("writing key file {}", path.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("writing key file {}", path.display()))?;
     Ok(())
 }
 
@@ -87,15 +73,11 @@ pub fn check(g: &Global, a: CheckArgs) -> Result<ExitCode> {
     };
     let progress = Arc::new(CheckProgress::default());
     let p = progress.clone();
-    let ticker = Ticker::start(
-        g,
-        "checking {elapsed_precise} [{bar:30}] {pos}/{len} packs {msg}",
-        move |bar| {
-            bar.set_length(p.packs_total.load(Ordering::Relaxed));
-            bar.set_position(p.packs_done.load(Ordering::Relaxed));
-            bar.set_message(output::bytes(p.bytes_read.load(Ordering::Relaxed)));
-        },
-    );
+    let ticker = Ticker::start(g, "checking {elapsed_precise} [{bar:30}] {pos}/{len} packs {msg}", move |bar| {
+        bar.set_length(p.packs_total.load(Ordering::Relaxed));
+        bar.set_position(p.packs_done.load(Ordering::Relaxed));
+        bar.set_message(output::bytes(p.bytes_read.load(Ordering::Relaxed)));
+    });
     let report = check::check(&repo, read, &progress);
     ticker.finish();
     let report = report?;
@@ -125,11 +107,7 @@ pub fn check(g: &Global, a: CheckArgs) -> Result<ExitCode> {
         }
     }
     if !report.ok() {
-        eprintln!(
-            "arkiv: check found {} error(s) in {}",
-            report.errors.len(),
-            repo.backend().location()
-        );
+        eprintln!("arkiv: check found {} error(s) in {}", report.errors.len(), repo.backend().location());
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
@@ -184,24 +162,14 @@ pub fn stats(g: &Global, a: StatsArgs) -> Result<ExitCode> {
                 s.raw_bytes += b.entry.raw_length as u64;
                 s.stored_blob_bytes += b.entry.length as u64;
             }
-            s.compression_ratio = if s.stored_blob_bytes > 0 {
-                s.raw_bytes as f64 / s.stored_blob_bytes as f64
-            } else {
-                1.0
-            };
+            s.compression_ratio =
+                if s.stored_blob_bytes > 0 { s.raw_bytes as f64 / s.stored_blob_bytes as f64 } else { 1.0 };
             if g.json {
                 output::json(&s);
             } else {
                 println!("snapshots:         {}", s.snapshots);
-                println!(
-                    "packs:             {} ({})",
-                    s.packs,
-                    output::bytes(s.pack_bytes)
-                );
-                println!(
-                    "blobs:             {} ({} data, {} tree)",
-                    s.blobs, s.data_blobs, s.tree_blobs
-                );
+                println!("packs:             {} ({})", s.packs, output::bytes(s.pack_bytes));
+                println!("blobs:             {} ({} data, {} tree)", s.blobs, s.data_blobs, s.tree_blobs);
                 println!("unique data:       {}", output::bytes(s.raw_bytes));
                 println!("stored:            {}", output::bytes(s.stored_blob_bytes));
                 println!("compression ratio: {:.2}x", s.compression_ratio);
@@ -210,10 +178,7 @@ pub fn stats(g: &Global, a: StatsArgs) -> Result<ExitCode> {
         Some(spec) => {
             let snap = repo.find_snapshot(spec, &arkiv_repo::SnapshotFilter::default())?;
             let ix = repo.index()?;
-            let mut s = SnapshotStats {
-                snapshot: snap.id.to_hex(),
-                ..Default::default()
-            };
+            let mut s = SnapshotStats { snapshot: snap.id.to_hex(), ..Default::default() };
             let mut blobs = HashSet::new();
             ix.walk_tree(&snap.snapshot.tree, &mut |_, n| {
                 match n.kind {
@@ -228,22 +193,14 @@ pub fn stats(g: &Global, a: StatsArgs) -> Result<ExitCode> {
                 Ok(())
             })?;
             s.unique_blobs = blobs.len();
-            s.raw_bytes = blobs
-                .iter()
-                .filter_map(|b| ix.index().get(b))
-                .map(|l| l.entry.raw_length as u64)
-                .sum();
+            s.raw_bytes = blobs.iter().filter_map(|b| ix.index().get(b)).map(|l| l.entry.raw_length as u64).sum();
             if g.json {
                 output::json(&s);
             } else {
                 println!("snapshot:      {}", snap.id.short());
                 println!("files:         {} in {} directories", s.files, s.dirs);
                 println!("restore size:  {}", output::bytes(s.restore_bytes));
-                println!(
-                    "unique data:   {} in {} blobs",
-                    output::bytes(s.raw_bytes),
-                    s.unique_blobs
-                );
+                println!("unique data:   {} in {} blobs", output::bytes(s.raw_bytes), s.unique_blobs);
             }
         }
     }
@@ -251,8 +208,7 @@ pub fn stats(g: &Global, a: StatsArgs) -> Result<ExitCode> {
 }
 
 fn need_id(a: &CatArgs) -> Result<&str> {
-    a.id.as_deref()
-        .with_context(|| format!("`cat {}` needs an id", a.kind))
+    a.id.as_deref().with_context(|| format!("`cat {}` needs an id", a.kind))
 }
 
 fn parse_id(s: &str) -> Result<Id> {

@@ -31,10 +31,5 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 pub fn snapshot_filter(f: &FilterArgs) -> arkiv_repo::SnapshotFilter {
-    arkiv_repo::SnapshotFilter {
-        host: f.host.clone(),
-        tags: f.tags.clone(),
-        paths: f.paths.clone(),
-        source: None,
-    }
+    arkiv_repo::SnapshotFilter { host: f.host.clone(), tags: f.tags.clone(), paths: f.paths.clone(), source: None }
 }

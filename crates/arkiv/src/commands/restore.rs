@@ -24,14 +24,10 @@ pub fn run(g: &Global, a: RestoreArgs) -> Result<ExitCode> {
     let indexed = repo.index()?;
     let progress = Arc::new(RestoreProgress::default());
     let p = progress.clone();
-    let ticker = Ticker::start(
-        g,
-        "{elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {msg}",
-        move |bar| {
-            bar.set_length(p.total_bytes.load(Ordering::Relaxed));
-            bar.set_position(p.bytes.load(Ordering::Relaxed));
-        },
-    );
+    let ticker = Ticker::start(g, "{elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {msg}", move |bar| {
+        bar.set_length(p.total_bytes.load(Ordering::Relaxed));
+        bar.set_position(p.bytes.load(Ordering::Relaxed));
+    });
     let out = files::restore(&indexed, &snap.snapshot.tree, &opts, &progress);
     ticker.finish();
     let out = out?;
@@ -51,11 +47,7 @@ pub fn run(g: &Global, a: RestoreArgs) -> Result<ExitCode> {
         for w in &out.warnings {
             eprintln!("arkiv: warning: {w}");
         }
-        let verb = if a.dry_run {
-            "would restore"
-        } else {
-            "restored"
-        };
+        let verb = if a.dry_run { "would restore" } else { "restored" };
         println!(
             "{verb} snapshot {} to {}: {} files ({}), {} directories, {} symlinks, {} hard links",
             snap.id.short(),
@@ -71,10 +63,7 @@ pub fn run(g: &Global, a: RestoreArgs) -> Result<ExitCode> {
         for d in &out.damaged {
             eprintln!("arkiv: damaged: {}: {}", d.path, d.reason);
         }
-        eprintln!(
-            "arkiv: restore is partial: {} file(s) could not be restored intact",
-            out.damaged.len()
-        );
+        eprintln!("arkiv: restore is partial: {} file(s) could not be restored intact", out.damaged.len());
         return Ok(ExitCode::from(crate::EXIT_PARTIAL));
     }
     Ok(ExitCode::SUCCESS)
