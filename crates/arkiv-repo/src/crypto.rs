@@ -245,3 +245,38 @@ mod tests {
         assert!(MasterKey::from_bytes(&[0; 95]).is_none());
     }
 }
+
+/// The vectors published in docs/repository-format.md §16: if one changes,
+/// the format changed.
+#[cfg(test)]
+mod format_vectors {
+    use super::*;
+
+    fn key() -> MasterKey {
+        let b: Vec<u8> = (0u8..96).collect();
+        MasterKey::from_bytes(&b).unwrap()
+    }
+
+    #[test]
+    fn ids_and_gear_table_match_the_format_document() {
+        let k = key();
+        assert_eq!(k.blob_id(b"hello").to_hex(), "f8a707ccac6d5c7344f3075c205236c529ad840925ffae5a62011aefc9a895a9");
+        let g = k.gear_table();
+        assert_eq!((g[0], g[1], g[255]), (0x688fce5c63680063, 0x4918969b732404ad, 0xf9f40b53ad173a55));
+        assert_eq!(k.tree_id(b"hello").to_hex(), "8e146a266b66850cb159d573e053b5fa300bee53f522e746bfc85791cfd330f0");
+    }
+
+    #[test]
+    fn seals_match_the_format_document() {
+        let k = key();
+        let pack = k.pack_cipher(&[0x11; 32]).seal(&offset_nonce(40), &[], b"hello");
+        assert_eq!(hex::encode(pack), "7b228aba774b210506e5237782b3ee9a4cd81cc14d");
+        let aad = hex::decode("41524b5602010000").unwrap();
+        let file = k.file_cipher(&[0x11; 32]).seal(&[0; 12], &aad, b"hello");
+        assert_eq!(hex::encode(file), "b6867bf7d14677ba65b71aaae10b09e932b9f323aa");
+        assert_eq!(
+            hex::encode(keyfile_kek(&[0x22; 32], &[0x11; 32])),
+            "3ab6fe48e490e90011a28aaa8e12cd066ffc40664ceb783d2554901cb75bbd61"
+        );
+    }
+}

@@ -77,10 +77,10 @@ pub struct InitArgs {
     #[arg(long, default_value_t = 16)]
     pub pack_size_mib: u32,
     /// Argon2id memory cost in KiB for the first password slot
-    #[arg(long, default_value_t = 65536)]
+    #[arg(long, default_value_t = 32768)]
     pub argon2_memory_kib: u32,
     /// Argon2id passes for the first password slot
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 4)]
     pub argon2_iterations: u32,
     /// Unlock with a new key file written here instead of a password
     #[arg(long)]
@@ -229,9 +229,9 @@ pub struct KeyAddArgs {
     /// Create a key file here and add a slot for it
     #[arg(long, conflicts_with = "new_password_file")]
     pub new_key_file: Option<PathBuf>,
-    #[arg(long, default_value_t = 65536)]
+    #[arg(long, default_value_t = 32768)]
     pub argon2_memory_kib: u32,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 4)]
     pub argon2_iterations: u32,
 }
 

@@ -305,39 +305,55 @@ fn restore_from_a_damaged_pack_restores_every_intact_file_names_the_damaged_and_
 #[test]
 fn a_backup_killed_with_sigkill_at_any_moment_leaves_a_repository_that_checks_restores_and_backs_up() {
     const FILES: usize = 12;
-    const SIZE: usize = 5_000_000; // 60 MB in all
+    const SIZE: usize = 5_000_000; // 60 MB a round
     let s = Scratch::new();
-    let early = s.join("early");
-    random_files(&early, 7, 4, 300_000);
+    let backup_of = |src: &Path| s.cmd(&[OsStr::new("backup"), OsStr::new("-q"), src.as_os_str()]);
+
+    // A first, complete backup of the same size says how long one takes
+    // here, so the kills land at moments spread across a backup however
+    // fast the machine and the code are (at least the first kill comes
+    // within 50 ms, before or while the index loads).
+    let first = s.join("big0");
+    random_files(&first, 100, FILES, SIZE);
+    let t = Instant::now();
+    let first_id = s.backup(&[first.as_os_str()]);
+    let full = t.elapsed();
+    let mut delays = vec![Duration::from_millis(50).min(full / 10)];
+    delays.extend([0.3, 0.6, 0.9].map(|f| full.mul_f64(f)));
+
     // Every snapshot taken so far, with the source it must restore to.
-    let mut completed: Vec<(String, PathBuf)> = vec![(s.backup(&[early.as_os_str()]), early)];
+    let mut completed: Vec<(String, PathBuf)> = vec![(first_id, first)];
     let mut interrupted = 0;
-    let t0 = Instant::now();
-    for (round, delay_ms) in [50u64, 200, 500, 1000].into_iter().enumerate() {
+    for (round, delay) in delays.iter().enumerate() {
         // New data every round, so every backup has packs to write.
-        let big = s.join(format!("big{round}"));
-        random_files(&big, 100 + round as u64, FILES, SIZE);
-        let mut child = s
-            .cmd(&[OsStr::new("backup"), OsStr::new("-q"), big.as_os_str()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        let big = s.join(format!("big{}", round + 1));
+        random_files(&big, 101 + round as u64, FILES, SIZE);
+        let before = s.snapshots().len();
+        let mut child = backup_of(&big).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(*delay);
         let running = child.try_wait().unwrap().is_none();
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         interrupted += running as usize;
         eprintln!(
-            "round {round}: kill at {delay_ms} ms {} ({:?} into the test)",
-            if running { "interrupted the backup" } else { "came after it finished" },
-            t0.elapsed()
+            "kill {round} at {delay:?} of a {full:?} backup: {}",
+            if running { "interrupted it" } else { "came after it finished" }
         );
 
-        let v = s.json(&["check", "--read-data"]);
-        assert_eq!(v["errors"], serde_json::json!([]), "after a kill at {delay_ms} ms");
+        // A backup killed before its end leaves no snapshot (it may have
+        // just written it when the kill came); one that finished left one.
+        let added = s.snapshots().len() - before;
+        assert!(added <= 1 && (running || added == 1), "{added} snapshots after a kill at {delay:?}");
 
-        for (i, (id, src)) in completed.iter().enumerate() {
+        let v = s.json(&["check", "--read-data"]);
+        assert_eq!(v["errors"], serde_json::json!([]), "after a kill at {delay:?}");
+
+        // The first and the latest complete snapshots restore intact.
+        let mut probe = vec![&completed[0]];
+        if completed.len() > 1 {
+            probe.push(completed.last().unwrap());
+        }
+        for (i, (id, src)) in probe.into_iter().enumerate() {
             let t = s.restore(id, &format!("r{round}-{i}"));
             assert_same_tree(src, &restored(&t, src));
             fs::remove_dir_all(&t).unwrap();
@@ -346,7 +362,13 @@ fn a_backup_killed_with_sigkill_at_any_moment_leaves_a_repository_that_checks_re
         // The interrupted backup, run again, completes.
         completed.push((s.backup(&[big.as_os_str()]), big));
     }
-    assert!(interrupted >= 2, "only {interrupted} of the kills hit a running backup: the test did not test much");
+    assert!(
+        interrupted >= 2,
+        "only {interrupted} of {} kills hit a running backup: the test did not test much",
+        delays.len()
+    );
+    // Every snapshot but the last was restored after a later kill; the
+    // last one restores too, and every blob of every pack still verifies.
     let (id, src) = completed.last().unwrap();
     let t = s.restore(id, "last");
     assert_same_tree(src, &restored(&t, src));
