@@ -68,6 +68,8 @@ impl FileKind {
 pub struct Backend {
     op: Operator,
     location: String,
+    /// The directory of a local repository (for housekeeping of `tmp/`).
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -101,12 +103,12 @@ impl Backend {
             path: root.clone(),
             message: e.to_string(),
         })?;
-        Ok(Backend { op, location: root })
+        Ok(Backend { op, location: root, local_root: Some(abs) })
     }
 
     /// Any OpenDAL operator; `location` is how errors and listings name it.
     pub fn from_operator(op: Operator, location: impl Into<String>) -> Backend {
-        Backend { op, location: location.into() }
+        Backend { op, location: location.into(), local_root: None }
     }
 
     pub fn location(&self) -> &str {
@@ -144,7 +146,52 @@ impl Backend {
             }
             r
         })
-        .map_err(|e| io_err("write", &path, &self.location, e))
+        .map_err(|e| io_err("write", &path, &self.location, e))?;
+        self.sync_parent(kind, &path)
+    }
+
+    /// OpenDAL's local writer syncs the file before renaming it into place,
+    /// but a rename is durable only once its directory is synced: without
+    /// this, a snapshot reported as saved could vanish in a power cut, or
+    /// outlive the pack it names. Object stores need nothing of the kind.
+    fn sync_parent(&self, kind: FileKind, path: &str) -> Result<()> {
+        let Some(root) = &self.local_root else { return Ok(()) };
+        let full = root.join(path);
+        let mut dirs = vec![full.parent().map(|p| p.to_path_buf()).unwrap_or_else(|| root.clone())];
+        if kind == FileKind::Pack {
+            // data/XX/ itself may have just been created.
+            dirs.push(root.join("data"));
+        }
+        for d in dirs {
+            std::fs::File::open(&d).and_then(|f| f.sync_all()).map_err(|e| Error::Backend {
+                op: "sync",
+                path: d.display().to_string(),
+                message: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Removes temporary files older than `age` from a local repository's
+    /// `tmp/`: what a killed writer left half-written. Younger ones may
+    /// belong to a backup running right now and are left alone. Returns how
+    /// many were removed; other backends have no temporary files.
+    pub fn remove_stale_temp(&self, age: std::time::Duration) -> usize {
+        let Some(root) = &self.local_root else { return 0 };
+        let Ok(entries) = std::fs::read_dir(root.join("tmp")) else { return 0 };
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|a| a > age);
+            if old && std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     pub fn exists(&self, kind: FileKind, name: &str) -> Result<bool> {
@@ -201,5 +248,26 @@ mod tests {
         b.delete(FileKind::Pack, &name).unwrap();
         assert!(!b.exists(FileKind::Pack, &name).unwrap());
         assert!(matches!(b.read(FileKind::Pack, &name), Err(Error::NotFound { .. })));
+    }
+}
+
+#[cfg(test)]
+mod temp_tests {
+    use super::*;
+
+    #[test]
+    fn stale_temporary_files_are_removed_and_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backend::local(dir.path()).unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let old = dir.path().join("tmp/old");
+        let fresh = dir.path().join("tmp/fresh");
+        std::fs::write(&old, b"half a pack").unwrap();
+        std::fs::write(&fresh, b"being written").unwrap();
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        std::fs::File::options().write(true).open(&old).unwrap().set_modified(two_hours_ago).unwrap();
+        assert_eq!(b.remove_stale_temp(std::time::Duration::from_secs(3600)), 1);
+        assert!(!old.exists());
+        assert!(fresh.exists());
     }
 }

@@ -111,16 +111,17 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
         })
         .collect();
     let superseded: HashSet<Id> = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
-    let mut pack_entries: HashMap<Id, Vec<PackEntry>> = HashMap::new();
+    // Each pack's entries are kept once, here; the index is built from them.
+    let mut pack_entries: HashMap<Id, ([u8; crate::crypto::SALT_LEN], Vec<PackEntry>)> = HashMap::new();
     let mut index = Index::new();
     for (id, f) in files {
         if superseded.contains(&id) {
             continue;
         }
-        for p in &f.packs {
-            pack_entries.entry(p.id).or_insert_with(|| p.entries.clone());
+        for p in f.packs {
+            index.add_pack(p.id, p.salt, &p.entries);
+            pack_entries.entry(p.id).or_insert((p.salt, p.entries));
         }
-        index.add_file(id, f);
     }
     index.finish();
     report.blobs = index.len();
@@ -129,7 +130,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
     // leftovers of an interrupted backup.
     let stored: HashMap<String, u64> = repo.backend().list(FileKind::Pack)?.into_iter().collect();
     report.packs = stored.len();
-    for (id, entries) in &pack_entries {
+    for (id, (_, entries)) in &pack_entries {
         match stored.get(&id.to_hex()) {
             None => err(format!("pack {id} is named by the index but missing from storage")),
             Some(&size) => {
@@ -205,7 +206,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
     report.trees = seen.lock().unwrap().len();
 
     // Data.
-    let mut to_read: Vec<(Id, &Vec<PackEntry>)> =
+    let mut to_read: Vec<(Id, &([u8; crate::crypto::SALT_LEN], Vec<PackEntry>))> =
         pack_entries.iter().filter(|(id, _)| stored.contains_key(&id.to_hex())).map(|(id, e)| (*id, e)).collect();
     to_read.sort_by_key(|(id, _)| *id);
     match read {
@@ -219,12 +220,12 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
     }
     progress.packs_total.store(to_read.len() as u64, Ordering::Relaxed);
     report.packs_read = to_read.len();
-    to_read.par_iter().for_each(|(id, entries)| {
+    to_read.par_iter().for_each(|(id, (salt, entries))| {
         let name = id.to_hex();
         match repo.backend().read(FileKind::Pack, &name) {
             Ok(bytes) => {
                 progress.bytes_read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                for e in verify_pack(repo, id, &bytes, entries) {
+                for e in verify_pack(repo, id, salt, &bytes, entries) {
                     err(e);
                 }
             }
@@ -241,8 +242,19 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
 }
 
 /// Every problem in one pack read whole: its name, its header, each blob.
-fn verify_pack(repo: &Repository, id: &Id, bytes: &[u8], entries: &[PackEntry]) -> Vec<String> {
+fn verify_pack(
+    repo: &Repository,
+    id: &Id,
+    index_salt: &[u8; crate::crypto::SALT_LEN],
+    bytes: &[u8],
+    entries: &[PackEntry],
+) -> Vec<String> {
     let mut out = Vec::new();
+    // Restore derives the pack key from the salt the index records; a pack
+    // whose own salt differs would pass a check that used only the pack.
+    if pack::read_preamble(&id.to_hex(), bytes).is_ok_and(|s| &s != index_salt) {
+        out.push(format!("pack {id}: its salt differs from the one the index records"));
+    }
     if Id::of_stored(bytes) != *id {
         out.push(format!("pack {id}: contents do not match its name (the file was modified)"));
     }

@@ -135,41 +135,40 @@ impl Chunker {
     ) -> io::Result<u64> {
         let max = self.params.max_size as usize;
         let want = batch_bytes.max(max) + max;
-        let mut buf: Vec<u8> = Vec::with_capacity(want);
+        // One buffer, zeroed once; `filled` marks the valid prefix. Reads
+        // from a pipe return a few KiB at a time, so nothing per read may
+        // touch the rest of the buffer.
+        let mut buf: Vec<u8> = vec![0; want];
+        let mut filled = 0usize;
         let mut eof = false;
         let mut total = 0u64;
         loop {
             // Fill until the buffer holds a full batch plus one maximal chunk,
             // so every cut except the last is made with full lookahead.
-            while !eof && buf.len() < want {
-                let start = buf.len();
-                buf.resize(want, 0);
-                match r.read(&mut buf[start..]) {
-                    Ok(0) => {
-                        buf.truncate(start);
-                        eof = true;
-                    }
-                    Ok(k) => buf.truncate(start + k),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
+            while !eof && filled < want {
+                match r.read(&mut buf[filled..]) {
+                    Ok(0) => eof = true,
+                    Ok(k) => filled += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
                 }
             }
-            if buf.is_empty() {
+            if filled == 0 {
                 return Ok(total);
             }
+            let data = &buf[..filled];
             let mut chunks: Vec<&[u8]> = Vec::new();
             let mut pos = 0;
-            let mut batched = 0;
-            while pos < buf.len() && (eof || buf.len() - pos >= max) && (eof || batched < batch_bytes) {
-                let c = self.cut(&buf[pos..]);
-                chunks.push(&buf[pos..pos + c]);
+            while pos < filled && (eof || filled - pos >= max) && (eof || pos < batch_bytes) {
+                let c = self.cut(&data[pos..]);
+                chunks.push(&data[pos..pos + c]);
                 pos += c;
-                batched += c;
             }
             f(&chunks)?;
             total += pos as u64;
-            buf.drain(..pos);
-            if eof && buf.is_empty() {
+            buf.copy_within(pos..filled, 0);
+            filled -= pos;
+            if eof && filled == 0 {
                 return Ok(total);
             }
         }

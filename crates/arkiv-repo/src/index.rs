@@ -130,8 +130,6 @@ pub struct Index {
     /// with the 16-bit prefix `b`: one cache-friendly step replaces the
     /// first 16 of a binary search's ~23 scattered probes at 10 M blobs.
     buckets: Vec<u32>,
-    /// Index files this index was built from.
-    files: Vec<Id>,
 }
 
 impl Index {
@@ -146,20 +144,24 @@ impl Index {
     }
 
     /// Adds one decoded index file. Call [`Index::finish`] after the last.
-    pub fn add_file(&mut self, file_id: Id, file: IndexFile) {
-        self.files.push(file_id);
+    pub fn add_file(&mut self, file: IndexFile) {
         for p in file.packs {
-            let n = self.pack_number(PackRef { id: p.id, salt: p.salt });
-            self.entries.extend(p.entries.iter().map(|e| Entry {
-                id: e.id.0,
-                pack: n,
-                offset: e.offset,
-                length: e.length,
-                raw_length: e.raw_length,
-                blob_type: e.blob_type as u8,
-                compressed: e.compressed as u8,
-            }));
+            self.add_pack(p.id, p.salt, &p.entries);
         }
+    }
+
+    /// Adds one pack's entries.
+    pub fn add_pack(&mut self, id: Id, salt: [u8; SALT_LEN], entries: &[PackEntry]) {
+        let n = self.pack_number(PackRef { id, salt });
+        self.entries.extend(entries.iter().map(|e| Entry {
+            id: e.id.0,
+            pack: n,
+            offset: e.offset,
+            length: e.length,
+            raw_length: e.raw_length,
+            blob_type: e.blob_type as u8,
+            compressed: e.compressed as u8,
+        }));
     }
 
     fn pack_number(&mut self, p: PackRef) -> u32 {
@@ -235,10 +237,6 @@ impl Index {
         self.pack_numbers.contains_key(id)
     }
 
-    pub fn files(&self) -> &[Id] {
-        &self.files
-    }
-
     /// Every blob, in id order.
     pub fn iter(&self) -> impl Iterator<Item = BlobLocation> + '_ {
         self.entries.iter().map(|e| self.location(e))
@@ -286,7 +284,7 @@ mod tests {
         fn every_added_blob_is_found(ids in proptest::collection::hash_set(any::<[u8; 32]>(), 1..300)) {
             let ids: Vec<_> = ids.into_iter().collect();
             let mut idx = Index::new();
-            idx.add_file(Id::default(), IndexFile { supersedes: vec![], packs: vec![IndexedPack {
+            idx.add_file(IndexFile { supersedes: vec![], packs: vec![IndexedPack {
                 id: Id([1; 32]), salt: [2; 32],
                 entries: ids.iter().enumerate().map(|(i, id)| entry(*id, i as u32)).collect(),
             }]});

@@ -294,13 +294,24 @@ impl Repository {
     /// Every snapshot, oldest first.
     pub fn list_snapshots(&self) -> Result<Vec<SnapshotEntry>> {
         let names = self.backend().list(FileKind::Snapshot)?;
-        let mut out = names
+        let loaded = names
             .par_iter()
             .map(|(name, _)| {
                 let id: Id = name.parse().map_err(|_| Error::corrupt(name, "bad snapshot name"))?;
                 Ok(SnapshotEntry { id, snapshot: self.load_snapshot(&id)? })
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Vec<Result<_>>>();
+        // One damaged snapshot must not hide the others (or stop every
+        // backup that looks for its parent): it is skipped with a warning,
+        // and `check` reports it. Storage errors still stop the listing.
+        let mut out = Vec::with_capacity(loaded.len());
+        for r in loaded {
+            match r {
+                Ok(e) => out.push(e),
+                Err(e @ Error::Corrupt { .. }) => tracing::warn!("skipping {e}"),
+                Err(e) => return Err(e),
+            }
+        }
         out.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
         Ok(out)
     }
@@ -354,26 +365,58 @@ impl Repository {
     /// Loads every index file (in parallel) and returns the indexed state.
     pub fn index(self) -> Result<Indexed> {
         let names = self.backend().list(FileKind::Index)?;
-        let files = names
-            .par_iter()
-            .map(|(n, _)| {
-                let id: Id = n.parse().map_err(|_| Error::corrupt(n, "bad index name"))?;
-                Ok((id, self.load_index_file(&id)?))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut index = Index::new();
-        index.reserve(files.iter().map(|(_, f)| f.packs.iter().map(|p| p.entries.len()).sum::<usize>()).sum());
-        // Files superseded by another (after prune) are skipped: their
-        // replacement already lists what is still stored.
-        let superseded: std::collections::HashSet<Id> =
-            files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
-        for (id, f) in files {
-            if !superseded.contains(&id) {
-                index.add_file(id, f);
+        let ids: Vec<Id> = names
+            .iter()
+            .map(|(n, _)| n.parse().map_err(|_| Error::corrupt(n, "bad index name")))
+            .collect::<Result<_>>()?;
+        let load = |skip: &std::collections::HashSet<Id>| -> Result<(Index, std::collections::HashSet<Id>)> {
+            let mut index = Index::new();
+            // About 40 stored bytes per entry; overestimating is cheap, as
+            // `finish` shrinks the array in place.
+            index.reserve((names.iter().map(|(_, s)| *s).sum::<u64>() / 36) as usize);
+            let mut superseded = std::collections::HashSet::new();
+            // Decoded in small batches straight into the index: decoded files
+            // never all sit in memory beside the index they feed.
+            let wanted: Vec<Id> = ids.iter().filter(|id| !skip.contains(id)).copied().collect();
+            for batch in wanted.chunks(4) {
+                let files: Vec<Result<IndexFile>> = batch.par_iter().map(|id| self.load_index_file(id)).collect();
+                for f in files {
+                    match f {
+                        Ok(f) => {
+                            superseded.extend(f.supersedes.iter().copied());
+                            index.add_file(f);
+                        }
+                        // A damaged index file costs only its entries: their
+                        // blobs count as missing (a backup stores them again,
+                        // `check` names the file).
+                        Err(e @ Error::Corrupt { .. }) => tracing::warn!("skipping {e}"),
+                        Err(e) => return Err(e),
+                    }
+                }
             }
+            Ok((index, superseded))
+        };
+        let (mut index, superseded) = load(&Default::default())?;
+        // Files another one supersedes (after prune) must not count: their
+        // packs may be gone. Rare, so the index is simply built again.
+        if ids.iter().any(|id| superseded.contains(id)) {
+            index = load(&superseded)?.0;
         }
         index.finish();
+        release_free_memory();
         Ok(Indexed { repo: self, index: Arc::new(index) })
+    }
+}
+
+/// Hands memory freed by a large transient job (decoding every index file)
+/// back to the OS. glibc keeps freed blocks of worker threads' arenas
+/// resident; without this the decoded files' buffers stay in the process's
+/// footprint for its whole life.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap memory to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

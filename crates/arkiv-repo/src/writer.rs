@@ -156,12 +156,25 @@ impl Writer {
     /// A writer that chunks, hashes and counts but writes nothing: for
     /// `backup --dry-run`.
     pub fn new_dry_run(indexed: &Indexed) -> Writer {
-        let mut w = Writer::new(indexed);
+        let mut w = Writer::open(indexed);
         w.dry_run = true;
         w
     }
 
     pub fn new(indexed: &Indexed) -> Writer {
+        // A writer killed mid-write leaves its temporary file behind; the
+        // next session clears what is clearly not in use any more. A day is
+        // far beyond any single object write, and wide enough that hosts
+        // sharing a repository over NFS with skewed clocks never remove each
+        // other's files in flight.
+        let stale = indexed.repo().backend().remove_stale_temp(std::time::Duration::from_secs(24 * 3600));
+        if stale > 0 {
+            tracing::info!("removed {stale} stale temporary file(s) left by interrupted writes");
+        }
+        Writer::open(indexed)
+    }
+
+    fn open(indexed: &Indexed) -> Writer {
         let repo = indexed.repo().clone();
         let shared = Arc::new(Shared {
             repo: repo.clone(),
@@ -216,6 +229,15 @@ impl Writer {
 
     fn save_with_id(&self, blob_type: BlobType, id: Id, data: &[u8]) -> Result<bool> {
         self.check_failed()?;
+        // Lengths and offsets are 32-bit in the format; a larger blob (only
+        // a tree of a directory with millions of entries could be) is
+        // refused rather than silently truncated.
+        if data.len() > u32::MAX as usize - 1024 {
+            return Err(Error::Invalid(format!(
+                "blob {id} is {} bytes, more than a pack entry can describe",
+                data.len()
+            )));
+        }
         if self.index.contains(&id) || !self.seen.lock().unwrap().insert(id) {
             return Ok(false);
         }
@@ -319,9 +341,14 @@ impl Writer {
         }
         self.tx = None;
         for h in self.uploaders.drain(..) {
-            let _ = h.join();
+            // An upload thread that panicked may have dropped a pack its
+            // blobs' callers believe stored: the session cannot commit.
+            if h.join().is_err() {
+                self.shared.fail(Error::Invalid("an upload thread failed; no snapshot was written".into()));
+            }
         }
         if let Some(e) = self.shared.failure.lock().unwrap().take() {
+            self.discard_unindexed();
             return Err(e);
         }
         if !self.dry_run {
@@ -331,13 +358,32 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// Deletes the packs this session uploaded but no index names yet.
+    /// Nothing can refer to them — other sessions deduplicate only against
+    /// written index files — so a failed backup (a full disk above all)
+    /// leaves no space taken behind it.
+    fn discard_unindexed(&self) {
+        let packs = std::mem::take(&mut *self.shared.pending.lock().unwrap());
+        for p in packs {
+            if let Err(e) = self.shared.repo.backend().delete(FileKind::Pack, &p.id.to_hex()) {
+                tracing::warn!("cannot remove unindexed pack {} after a failed backup: {e}", p.id);
+            }
+        }
+    }
+}
+
 impl Drop for Writer {
     fn drop(&mut self) {
-        // An abandoned writer (an error elsewhere) still stops its threads;
-        // what it uploaded stays unreferenced and is harmless.
+        // An abandoned writer (an error elsewhere) stops its threads and
+        // removes what it uploaded but never indexed.
+        if self.tx.is_none() && self.uploaders.is_empty() {
+            return;
+        }
         self.tx = None;
         for h in self.uploaders.drain(..) {
             let _ = h.join();
         }
+        self.discard_unindexed();
     }
 }

@@ -13,6 +13,11 @@ pub enum Error {
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
 
+    /// A directory of a snapshot that cannot be read, named by its path in
+    /// the snapshot.
+    #[error("{path}: {error}")]
+    Tree { path: String, error: arkiv_repo::Error },
+
     #[error(transparent)]
     Pattern(#[from] crate::files::filter::PatternError),
 

@@ -229,8 +229,10 @@ pub struct KeyAddArgs {
     /// Create a key file here and add a slot for it
     #[arg(long, conflicts_with = "new_password_file")]
     pub new_key_file: Option<PathBuf>,
+    /// Argon2id memory cost in KiB for the new password slot
     #[arg(long, default_value_t = 32768)]
     pub argon2_memory_kib: u32,
+    /// Argon2id passes for the new password slot
     #[arg(long, default_value_t = 4)]
     pub argon2_iterations: u32,
 }

@@ -15,6 +15,25 @@ use clap::Parser;
 /// Exit code of an operation that finished but left something out.
 pub const EXIT_PARTIAL: u8 = 3;
 
+/// Exit code of bad usage: what the argument parser refuses, and
+/// [`Usage`] errors.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Arguments the parser accepts but that make no sense together or hold an
+/// invalid value (`backup` with no paths, a malformed
+/// `--read-data-subset`): found before the repository is touched, and
+/// ending with the parser's exit code for bad usage.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
 fn main() -> ExitCode {
     // Output piped into `head` ends quietly, as for any Unix tool, instead
     // of panicking on a closed pipe.
@@ -37,7 +56,11 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line: what failed and where; causes joined with ": ".
             eprintln!("arkiv: error: {e:#}");
-            ExitCode::from(1)
+            if e.downcast_ref::<Usage>().is_some() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }

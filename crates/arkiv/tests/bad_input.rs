@@ -528,6 +528,47 @@ fn an_unreadable_file_makes_the_backup_partial_with_exit_3_and_is_listed_as_skip
     assert_eq!(fs::read_dir(dst.join("closed")).unwrap().count(), 0);
 }
 
+/// `arkiv backup ARGS` as a user who cannot read what root could: `nobody`
+/// when the tests run as root (the scratch area is handed to it).
+fn backup_unprivileged(s: &Scratch, args: &[&OsStr]) -> std::process::Output {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut c = if root {
+        chown_tree(s.path(), 65534, 65534);
+        let mut c = Command::new("runuser");
+        c.args(["-u", "nobody", "--", arkiv_bin()]);
+        c
+    } else {
+        Command::new(arkiv_bin())
+    };
+    c.env_remove("RUST_LOG")
+        .env("ARKIV_REPO", &s.repo)
+        .env("ARKIV_PASSWORD", &s.password)
+        .stdin(Stdio::null())
+        .arg("backup")
+        .args(args);
+    run(c)
+}
+
+#[test]
+fn an_excluded_file_that_cannot_be_stated_is_left_out_without_making_the_backup_partial() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new();
+    let src = s.join("src");
+    write_file(src.join("kept.txt"), b"kept");
+    write_file(src.join("listable/cache.bin"), b"excluded");
+    // Readable but not searchable: its names can be listed, but nothing in
+    // it can be stat'ed.
+    fs::set_permissions(src.join("listable"), fs::Permissions::from_mode(0o444)).unwrap();
+    let out = backup_unprivileged(&s, &[OsStr::new("--exclude"), OsStr::new("cache.bin"), src.as_os_str()]);
+    fs::set_permissions(src.join("listable"), fs::Permissions::from_mode(0o755)).unwrap();
+    assert_code(&out, 0, "backup --exclude cache.bin (an unstat-able excluded file)");
+    let snaps = s.snapshots();
+    assert_eq!(snaps.len(), 1);
+    let skipped = snaps[0]["skipped"].as_array().map_or(0, |a| a.len());
+    assert_eq!(skipped, 0, "nothing is skipped: {}", snaps[0]);
+}
+
 // ---- concurrency ----
 
 #[test]

@@ -270,17 +270,18 @@ fn backup_stdin_saves_standard_input_as_one_file_under_the_given_name() {
 }
 
 #[test]
-fn backup_stdin_refuses_paths_and_a_file_name_with_a_slash() {
+fn backup_stdin_refuses_paths_and_a_file_name_with_a_slash_as_bad_usage_with_exit_2() {
     let s = Scratch::new();
     let src = sample_source(&s);
+    // Usage errors, like the parser's own: exit 2.
     let out = s.run(&[OsStr::new("backup"), OsStr::new("--stdin"), src.as_os_str()]);
-    assert_code(&out, 1, "backup --stdin <path>");
+    assert_code(&out, 2, "backup --stdin <path>");
     assert!(stderr(&out).contains("--stdin takes no paths"), "{}", stderr(&out));
     let out = s.run(&["backup", "--stdin-filename", "a/b"]);
-    assert_code(&out, 1, "backup --stdin-filename a/b");
+    assert_code(&out, 2, "backup --stdin-filename a/b");
     assert!(stderr(&out).contains("'a/b'"), "{}", stderr(&out));
     let out = s.run(&["backup"]);
-    assert_code(&out, 1, "backup (no paths)");
+    assert_code(&out, 2, "backup (no paths)");
     assert!(stderr(&out).contains("nothing to back up"), "{}", stderr(&out));
     assert!(s.snapshots().is_empty());
 }
@@ -638,7 +639,7 @@ fn check_read_data_subset_reads_that_share_of_packs() {
     assert_eq!(v["packs_read"], n.div_ceil(3));
 
     let out = s.run(&["check", "--read-data-subset", "150%"]);
-    assert_code(&out, 1, "check --read-data-subset 150%");
+    assert_code(&out, 2, "check --read-data-subset 150%");
     assert!(stderr(&out).contains("'150%' is not a subset"), "{}", stderr(&out));
 }
 

@@ -92,15 +92,21 @@ fn a_touched_but_identical_file_is_read_again_but_stores_nothing() {
 }
 
 #[test]
-fn force_reads_every_file_again() {
+fn force_reads_every_file_again_counting_each_as_changed_against_the_recorded_parent() {
     let s = Scratch::new();
     let src = source(&s);
     s.backup_json(&[src.as_os_str()]);
     let data_blobs = || s.json(&["stats"])["data_blobs"].as_u64().unwrap();
     let before = data_blobs();
+    let first = s.snapshots().pop().unwrap();
     let v = s.backup_json(&[OsStr::new("--force"), src.as_os_str()]);
     let m = summary(&v);
     assert_eq!(m["bytes_read"], BYTES, "{m}");
     assert_eq!(m["files_unmodified"], 0);
+    // Still compared with the parent: every file is re-read and counted as
+    // changed, none as new, and the parent is recorded.
+    assert_eq!(m["files_changed"], FILES, "{m}");
+    assert_eq!(m["files_new"], 0, "{m}");
+    assert_eq!(v["snapshot"]["parent"], first["id"], "{}", v["snapshot"]);
     assert_eq!(data_blobs(), before, "the data is already there: {m}");
 }

@@ -138,6 +138,12 @@ impl Ctx<'_> {
         if self.stopped() {
             return None;
         }
+        // Patterns match paths, never file types, so an excluded entry is
+        // left out before it is looked at: one that vanished or cannot be
+        // stat'ed does not make the backup partial.
+        if !self.opts.excludes.is_empty() && self.opts.excludes.matches(path) {
+            return None;
+        }
         let md = match fs::symlink_metadata(path) {
             Ok(m) => m,
             Err(e) => {
@@ -146,9 +152,6 @@ impl Ctx<'_> {
             }
         };
         let ft = md.file_type();
-        if !self.opts.excludes.is_empty() && self.opts.excludes.matches(path) {
-            return None;
-        }
         if ft.is_dir() {
             let mut node = meta::node_from_metadata(name, NodeKind::Dir, &md);
             node.xattrs = self.xattrs(path);
@@ -252,7 +255,7 @@ impl Ctx<'_> {
         let io_err = |e: io::Error| Error::Io { path: path.display().to_string(), source: e };
         // O_NOATIME keeps a backup from touching every file's atime; only
         // the owner (or root) may ask for it, so fall back without it.
-        let file = fs::OpenOptions::new()
+        let mut file = fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOATIME)
             .open(path)
@@ -263,20 +266,25 @@ impl Ctx<'_> {
             self.progress.bytes_read.fetch_add(n, Ordering::Relaxed);
         };
         // A file that fits in one maximal chunk is read whole: no streaming
-        // buffer to set up for the common small file.
-        if size <= 4 << 20 {
+        // buffer to set up for the common small file. One byte more than
+        // that is asked for, to see whether the file grew since its stat.
+        let limit = u64::from(self.indexed.repo().config().chunker.max_size);
+        if size <= limit {
             let mut buf = Vec::with_capacity(size as usize + 1);
-            file.take(4 << 20).read_to_end(&mut buf).map_err(io_err)?;
-            if buf.len() as u64 <= 4 << 20 && buf.len() as u64 >= size {
+            (&mut file).take(limit + 1).read_to_end(&mut buf).map_err(io_err)?;
+            if buf.len() as u64 <= limit {
+                // The whole file, whatever its size now: one that shrank
+                // since its stat is saved as read.
                 let ids = self.writer.save_bytes(&buf)?;
                 progress(buf.len() as u64);
                 return Ok((ids, buf.len() as u64));
             }
-            // It grew while we read: stream it like a large file.
-            let file = File::open(path).map_err(io_err)?;
-            return Ok(self.writer.save_stream(file, &progress).map_err(|e| stream_err(e, path))?);
+            // It grew past one chunk while we looked: stream what was read
+            // followed by the rest of the same open file.
+            let reader = io::Cursor::new(buf).chain(file);
+            return self.writer.save_stream(reader, &progress).map_err(|e| stream_err(e, path));
         }
-        Ok(self.writer.save_stream(file, &progress).map_err(|e| stream_err(e, path))?)
+        self.writer.save_stream(file, &progress).map_err(|e| stream_err(e, path))
     }
 
     fn is_tagged_cache(&self, dir: &Path) -> bool {
@@ -384,7 +392,12 @@ impl Ctx<'_> {
                         self.save_entry(p, name.clone(), pnode, dev)
                     }
                     VirtualEntry::Dir(p, sub) => {
-                        let md = match fs::symlink_metadata(p) {
+                        // Followed, not lstat'ed: the backup goes through
+                        // this directory, so a symlink here (`/lib` on a
+                        // merged-usr system) stands for the directory it
+                        // points to, and its mode and owner are what a
+                        // restore must give the directory it creates.
+                        let md = match fs::metadata(p) {
                             Ok(m) => m,
                             Err(e) => {
                                 self.skip(p, format!("cannot stat: {e}"), true);
@@ -484,34 +497,67 @@ pub fn backup(indexed: &Indexed, opts: &BackupOptions, progress: &Progress) -> R
         return Err(Error::Repo(e));
     }
     let root = root.ok_or_else(|| Error::Invalid("backup stopped".into()))?;
-    let tree_id = writer.save_tree(&root)?;
-    let Ctx { skipped, counts, .. } = ctx;
-    let stats = writer.finish()?;
+    let tree = writer.save_tree(&root)?;
+    let Ctx { skipped, counts: c, .. } = ctx;
+    let summary = arkiv_repo::Summary {
+        files_new: c.files_new.into_inner(),
+        files_changed: c.files_changed.into_inner(),
+        files_unmodified: c.files_unmodified.into_inner(),
+        dirs: c.dirs.into_inner(),
+        total_bytes: c.total_bytes.into_inner(),
+        total_files: c.total_files.into_inner(),
+        bytes_read: progress.bytes_read.load(Ordering::Relaxed),
+        ..Default::default()
+    };
+    let found = Found {
+        tree,
+        host,
+        paths: path_strings,
+        parent: parent.map(|p| p.id),
+        skipped: skipped.into_inner().unwrap(),
+        summary,
+    };
+    save_snapshot(indexed, opts, writer, started, t0, found)
+}
 
-    let mut snap = Snapshot::new("files", tree_id);
-    snap.host = host;
+/// What a backup found, before the writer is finished.
+struct Found {
+    tree: Id,
+    host: String,
+    paths: Vec<String>,
+    parent: Option<Id>,
+    skipped: Vec<Skipped>,
+    /// The file counts; timing and storage figures are added when saving.
+    summary: arkiv_repo::Summary,
+}
+
+/// Flushes the writer and writes the snapshot (unless dry-run): the packs
+/// and index files go first, so the snapshot only names stored data.
+fn save_snapshot(
+    indexed: &Indexed,
+    opts: &BackupOptions,
+    writer: Writer,
+    started: chrono::DateTime<chrono::Utc>,
+    t0: Instant,
+    found: Found,
+) -> Result<BackupOutcome> {
+    let stats = writer.finish()?;
+    let mut snap = Snapshot::new("files", found.tree);
+    snap.host = found.host;
     snap.tags = opts.tags.clone();
-    snap.paths = path_strings;
-    snap.parent = parent.map(|p| p.id);
-    let mut skipped = skipped.into_inner().unwrap();
-    skipped.sort_by(|a, b| a.path.cmp(&b.path));
-    snap.skipped = skipped;
-    let c = &counts;
+    snap.paths = found.paths;
+    snap.parent = found.parent;
+    snap.skipped = found.skipped;
+    snap.skipped.sort_by(|a, b| a.path.cmp(&b.path));
     snap.summary = arkiv_repo::Summary {
         started: Some(started),
         duration_secs: t0.elapsed().as_secs_f64(),
-        files_new: c.files_new.load(Ordering::Relaxed),
-        files_changed: c.files_changed.load(Ordering::Relaxed),
-        files_unmodified: c.files_unmodified.load(Ordering::Relaxed),
-        dirs: c.dirs.load(Ordering::Relaxed),
-        total_bytes: c.total_bytes.load(Ordering::Relaxed),
-        total_files: c.total_files.load(Ordering::Relaxed),
-        bytes_read: progress.bytes_read.load(Ordering::Relaxed),
         blobs_new: stats.blobs_new,
         bytes_new: stats.bytes_new,
         bytes_stored: stats.bytes_stored,
+        ..found.summary
     };
-    let id = if opts.dry_run { None } else { Some(repo.save_snapshot(&snap)?) };
+    let id = if opts.dry_run { None } else { Some(indexed.repo().save_snapshot(&snap)?) };
     Ok(BackupOutcome { id, snapshot: snap })
 }
 
@@ -544,26 +590,62 @@ pub fn backup_stream<R: Read>(
     node.ctime_ns = node.mtime_ns;
     node.size = len;
     node.content = content;
-    let tree_id = writer.save_tree(&Tree { nodes: vec![node] })?;
-    let stats = writer.finish()?;
-    let mut snap = Snapshot::new("files", tree_id);
-    if let Some(h) = &opts.host {
-        snap.host = h.clone();
-    }
-    snap.tags = opts.tags.clone();
-    snap.paths = vec![format!("/{name}")];
-    snap.summary = arkiv_repo::Summary {
-        started: Some(started),
-        duration_secs: t0.elapsed().as_secs_f64(),
-        files_new: 1,
-        total_files: 1,
-        total_bytes: len,
-        bytes_read: len,
-        blobs_new: stats.blobs_new,
-        bytes_new: stats.bytes_new,
-        bytes_stored: stats.bytes_stored,
-        ..Default::default()
+    let tree = writer.save_tree(&Tree { nodes: vec![node] })?;
+    let found = Found {
+        tree,
+        host: opts.host.clone().unwrap_or_else(arkiv_repo::snapshot::hostname),
+        paths: vec![format!("/{name}")],
+        parent: None,
+        skipped: Vec::new(),
+        summary: arkiv_repo::Summary {
+            files_new: 1,
+            total_files: 1,
+            total_bytes: len,
+            bytes_read: len,
+            ..Default::default()
+        },
     };
-    let id = if opts.dry_run { None } else { Some(indexed.repo().save_snapshot(&snap)?) };
-    Ok(BackupOutcome { id, snapshot: snap })
+    save_snapshot(indexed, opts, writer, started, t0, found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arkiv_repo::{Backend, Credential, InitOptions, KdfParams, Repository};
+
+    fn indexed(dir: &Path) -> Indexed {
+        let opts =
+            InitOptions { kdf: KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 }, ..Default::default() };
+        let repo = Repository::init(Backend::local(&dir.join("repo")).unwrap(), &Credential::password("pw"), opts)
+            .expect("init");
+        repo.index().expect("index")
+    }
+
+    #[test]
+    fn a_file_that_grew_past_one_chunk_after_its_stat_is_saved_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let indexed = indexed(dir.path());
+        let max = indexed.repo().config().chunker.max_size as usize;
+        // Stat'ed at 100 bytes, 10 MiB by the time it is read.
+        let data: Vec<u8> = (0..10usize << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        assert!(data.len() > 2 * max);
+        let path = dir.path().join("growing");
+        fs::write(&path, &data).unwrap();
+        let writer = Writer::new_dry_run(&indexed);
+        let opts = BackupOptions::default();
+        let progress = Progress::default();
+        let ctx = Ctx {
+            indexed: &indexed,
+            writer: &writer,
+            opts: &opts,
+            progress: &progress,
+            skipped: Mutex::new(Vec::new()),
+            counts: Counts::default(),
+            fatal: Mutex::new(None),
+        };
+        let (ids, len) = ctx.read_content(&path, 100).expect("read");
+        assert_eq!(len, data.len() as u64, "saved {len} of {} bytes", data.len());
+        assert!(ids.len() >= 3, "10 MiB in {} chunk(s)", ids.len());
+        assert_eq!(progress.bytes_read.load(Ordering::Relaxed), data.len() as u64);
+    }
 }

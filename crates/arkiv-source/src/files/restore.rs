@@ -8,8 +8,13 @@
 //! blob that fails marks only the files that need it as damaged, and the
 //! rest of the restore goes on.
 //!
-//! Files are created at their full length before any content is written and
-//! all-zero chunks are never written, so sparse files come back sparse.
+//! Files are created at their full length before any content is written,
+//! and every all-zero 4 KiB block (aligned to the file) is left unwritten,
+//! so sparse files come back sparse.
+//!
+//! A file counts as restored only when every byte of it was: the lengths of
+//! its blobs must add up to its recorded size and each of them must have
+//! been written (or left as a hole); anything less marks it damaged.
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -112,7 +117,8 @@ impl Planner<'_> {
     /// Walks a tree; directories are kept when selected or when something
     /// selected lies below them.
     fn walk(&self, tree_id: &Id, rel: &Path) -> Result<Plan> {
-        let tree = self.indexed.load_tree(tree_id)?;
+        let tree =
+            self.indexed.load_tree(tree_id).map_err(|e| Error::Tree { path: rel.display().to_string(), error: e })?;
         let parts: Vec<Result<Plan>> = tree
             .nodes
             .into_par_iter()
@@ -155,6 +161,38 @@ impl Planner<'_> {
 fn is_zero(b: &[u8]) -> bool {
     let (head, body, tail) = unsafe { b.align_to::<u128>() };
     head.iter().all(|&x| x == 0) && body.iter().all(|&x| x == 0) && tail.iter().all(|&x| x == 0)
+}
+
+/// Writes `data` at `off`, leaving out every all-zero 4 KiB block (aligned
+/// to the file, where file systems allocate): the file was created at full
+/// length, so skipped blocks read back as zeros and stay holes.
+fn write_sparse(path: &Path, data: &[u8], off: u64) -> std::io::Result<()> {
+    const BLOCK: u64 = 4096;
+    let mut file: Option<std::fs::File> = None;
+    let mut write = |from: usize, to: usize| -> std::io::Result<()> {
+        if file.is_none() {
+            file = Some(OpenOptions::new().write(true).open(path)?);
+        }
+        file.as_ref().unwrap().write_all_at(&data[from..to], off + from as u64)
+    };
+    let mut run: Option<usize> = None;
+    let mut i = 0usize;
+    while i < data.len() {
+        let end = data.len().min(i + (BLOCK - (off + i as u64) % BLOCK) as usize);
+        match (is_zero(&data[i..end]), run) {
+            (false, None) => run = Some(i),
+            (true, Some(s)) => {
+                write(s, i)?;
+                run = None;
+            }
+            _ => {}
+        }
+        i = end;
+    }
+    if let Some(s) = run {
+        write(s, data.len())?;
+    }
+    Ok(())
 }
 
 fn target_of(target: &Path, rel: &Path) -> PathBuf {
@@ -209,10 +247,13 @@ pub fn restore(
     struct Target {
         path: PathBuf,
         damaged: AtomicBool,
+        /// Bytes not written yet: the recorded size less every blob written
+        /// (or left as a hole).
+        remaining: AtomicU64,
     }
     let mut targets: Vec<Target> = Vec::new();
     let mut file_items: Vec<&Item> = Vec::new();
-    let mut link_to: Vec<(PathBuf, usize)> = Vec::new();
+    let mut link_to: Vec<(PathBuf, usize, &Item)> = Vec::new();
     let mut first_of_inode: HashMap<(u64, u64), usize> = HashMap::new();
     for f in &plan.files {
         let t = target_of(&opts.target, &f.rel);
@@ -225,30 +266,39 @@ pub fn restore(
         }
         if f.node.links > 1 && f.node.inode != 0 {
             if let Some(&first) = first_of_inode.get(&(f.node.device, f.node.inode)) {
-                link_to.push((t, first));
+                link_to.push((t, first, f));
                 continue;
             }
             first_of_inode.insert((f.node.device, f.node.inode), targets.len());
         }
         let file = OpenOptions::new().write(true).create_new(true).open(&t).map_err(|e| io(&t, e))?;
         file.set_len(f.node.size).map_err(|e| io(&t, e))?;
-        targets.push(Target { path: t, damaged: AtomicBool::new(false) });
+        targets.push(Target { path: t, damaged: AtomicBool::new(false), remaining: AtomicU64::new(f.node.size) });
         file_items.push(f);
     }
 
     // blob → every (file, offset) it fills.
     let mut wanted: HashMap<Id, Vec<(usize, u64)>> = HashMap::new();
     let mut missing: Vec<(usize, Id)> = Vec::new();
+    // Files whose blobs, by the index, do not add up to their size.
+    let mut misfit: Vec<(usize, u64)> = Vec::new();
     for (fi, item) in file_items.iter().enumerate() {
         let mut off = 0u64;
+        let mut all_indexed = true;
         for id in &item.node.content {
             match indexed.index().get(id) {
                 Some(loc) => {
                     wanted.entry(*id).or_default().push((fi, off));
                     off += loc.entry.raw_length as u64;
                 }
-                None => missing.push((fi, *id)),
+                None => {
+                    missing.push((fi, *id));
+                    all_indexed = false;
+                }
             }
+        }
+        if all_indexed && off != item.node.size {
+            misfit.push((fi, off));
         }
     }
     let damaged: Mutex<Vec<Damaged>> = Mutex::new(Vec::new());
@@ -260,27 +310,30 @@ pub fn restore(
     for (fi, id) in missing {
         mark(fi, format!("blob {id} is not in the index"));
     }
+    for (fi, sum) in misfit {
+        mark(fi, format!("its blobs hold {sum} bytes, the file has {}", file_items[fi].node.size));
+    }
     let ids: Vec<Id> = wanted.keys().copied().collect();
     indexed.for_each_blob(&ids, |id, res| {
         let places = &wanted[&id];
         match res {
             Ok(data) => {
-                let zero = is_zero(&data);
                 for &(fi, off) in places {
                     if targets[fi].damaged.load(Ordering::Relaxed) {
                         continue;
                     }
-                    if !zero {
-                        let r = OpenOptions::new()
-                            .write(true)
-                            .open(&targets[fi].path)
-                            .and_then(|f| f.write_all_at(&data, off));
-                        if let Err(e) = r {
-                            mark(fi, format!("write failed: {e}"));
-                            continue;
-                        }
+                    if let Err(e) = write_sparse(&targets[fi].path, &data, off) {
+                        mark(fi, format!("write failed: {e}"));
+                        continue;
                     }
-                    progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    let n = data.len() as u64;
+                    let left =
+                        targets[fi].remaining.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(n));
+                    if left.is_err() {
+                        mark(fi, format!("its blobs hold more than its {} bytes", file_items[fi].node.size));
+                        continue;
+                    }
+                    progress.bytes.fetch_add(n, Ordering::Relaxed);
                 }
             }
             Err(e) => {
@@ -290,6 +343,16 @@ pub fn restore(
             }
         }
     })?;
+
+    // Whatever was not written (a blob never delivered) leaves the file
+    // incomplete, even though no read failed.
+    for (fi, item) in file_items.iter().enumerate() {
+        let left = targets[fi].remaining.load(Ordering::Relaxed);
+        if left != 0 {
+            let size = item.node.size;
+            mark(fi, format!("restored {} of {size} bytes", size - left));
+        }
+    }
 
     let mut warnings = Vec::new();
     for (fi, item) in file_items.iter().enumerate() {
@@ -304,7 +367,7 @@ pub fn restore(
             warnings.push(format!("{}: {e}", t.path.display()));
         }
     }
-    for (path, first) in link_to {
+    for (path, first, item) in link_to {
         let src = &targets[first];
         if src.damaged.load(Ordering::Relaxed) {
             damaged.lock().unwrap().push(Damaged {
@@ -313,9 +376,30 @@ pub fn restore(
             });
             continue;
         }
-        match fs::hard_link(&src.path, &path) {
-            Ok(()) => out.hardlinks += 1,
-            Err(e) => warnings.push(format!("{}: cannot link to {}: {e}", path.display(), src.path.display())),
+        let link_err = match fs::hard_link(&src.path, &path) {
+            Ok(()) => {
+                out.hardlinks += 1;
+                continue;
+            }
+            Err(e) => e,
+        };
+        // A target file system without hard links (or across a mount
+        // point) still gets the content: a copy of the restored file.
+        match fs::copy(&src.path, &path) {
+            Ok(_) => {
+                tracing::info!("{}: cannot link to {} ({link_err}); copied it", path.display(), src.path.display());
+                out.files += 1;
+                out.bytes += item.node.size;
+                progress.files.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = meta::apply(&path, &item.node) {
+                    warnings.push(format!("{}: {e}", path.display()));
+                }
+            }
+            Err(copy_err) => {
+                let reason = format!("cannot link to {} ({link_err}) nor copy it ({copy_err})", src.path.display());
+                warnings.push(format!("{}: {reason}", path.display()));
+                damaged.lock().unwrap().push(Damaged { path: path.display().to_string(), reason });
+            }
         }
     }
     for s in &plan.symlinks {
@@ -349,4 +433,42 @@ pub fn restore(
     out.damaged = damaged;
     out.warnings = warnings;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arkiv_repo::{Backend, Credential, InitOptions, KdfParams, Name, Repository, Tree, Writer};
+
+    #[test]
+    fn a_file_whose_blobs_do_not_add_up_to_its_size_is_reported_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts =
+            InitOptions { kdf: KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 }, ..Default::default() };
+        let repo =
+            Repository::init(Backend::local(&dir.path().join("repo")).unwrap(), &Credential::password("pw"), opts)
+                .expect("init");
+        let indexed = repo.clone().index().unwrap();
+        let writer = Writer::new(&indexed);
+        let mut short = Node::new(Name::from("short"), NodeKind::File);
+        short.mode = 0o644;
+        short.content = writer.save_bytes(b"five!").unwrap();
+        short.size = 4096; // the record says more than the blobs hold
+        let mut whole = Node::new(Name::from("whole"), NodeKind::File);
+        whole.mode = 0o644;
+        whole.content = writer.save_bytes(b"intact").unwrap();
+        whole.size = 6;
+        let root = writer.save_tree(&Tree { nodes: vec![short, whole] }).unwrap();
+        writer.finish().unwrap();
+
+        let indexed = repo.index().unwrap();
+        let target = dir.path().join("out");
+        let opts = RestoreOptions { target: target.clone(), ..Default::default() };
+        let out = restore(&indexed, &root, &opts, &RestoreProgress::default()).unwrap();
+        assert_eq!(out.damaged.len(), 1, "{:?}", out.damaged);
+        assert_eq!(out.damaged[0].path, target.join("short").display().to_string());
+        assert!(out.damaged[0].reason.contains("4096"), "{}", out.damaged[0].reason);
+        assert_eq!(out.files, 1);
+        assert_eq!(fs::read(target.join("whole")).unwrap(), b"intact");
+    }
 }

@@ -4,20 +4,24 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use arkiv_source::files::{self, BackupOptions, PathFilter, Progress};
 
 use crate::cli::{BackupArgs, Global};
 use crate::output;
 use crate::progress::Ticker;
+use crate::Usage;
 
 pub fn run(g: &Global, a: BackupArgs) -> Result<ExitCode> {
     let stdin = a.stdin || a.stdin_filename.is_some();
     if stdin && !a.paths.is_empty() {
-        bail!("--stdin takes no paths");
+        return Err(Usage("--stdin takes no paths".into()).into());
     }
     if !stdin && a.paths.is_empty() {
-        bail!("nothing to back up: give at least one path, or --stdin");
+        return Err(Usage("nothing to back up: give at least one path, or --stdin".into()).into());
+    }
+    if let Some(name) = a.stdin_filename.as_deref().filter(|n| n.is_empty() || n.contains('/')) {
+        return Err(Usage(format!("--stdin-filename '{name}' must be a plain file name")).into());
     }
     let mut patterns = a.excludes.clone();
     patterns.extend(PathFilter::read_pattern_files(&a.exclude_files)?);

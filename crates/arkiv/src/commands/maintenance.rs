@@ -61,16 +61,24 @@ pub fn write_secret_file(path: &std::path::Path, text: &str) -> Result<()> {
         .open(path)
         .with_context(|| format!("creating key file {}", path.display()))?;
     f.write_all(text.as_bytes()).with_context(|| format!("writing key file {}", path.display()))?;
+    // On disk before the repository (or slot) it opens is written: a power
+    // loss must not leave a repository whose only key file is empty.
+    f.sync_all().with_context(|| format!("writing key file {}", path.display()))?;
+    // And its name too, on file systems that need the directory synced.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::debug!("{}: cannot sync the directory: {e}", dir.display());
+    }
     Ok(())
 }
 
 pub fn check(g: &Global, a: CheckArgs) -> Result<ExitCode> {
-    let repo = crate::context::open(g)?;
     let read = match (&a.read_data_subset, a.read_data) {
-        (Some(s), _) => ReadData::parse_subset(s)?,
+        (Some(s), _) => ReadData::parse_subset(s).map_err(|e| crate::Usage(e.to_string()))?,
         (None, true) => ReadData::All,
         (None, false) => ReadData::None,
     };
+    let repo = crate::context::open(g)?;
     let progress = Arc::new(CheckProgress::default());
     let p = progress.clone();
     let ticker = Ticker::start(g, "checking {elapsed_precise} [{bar:30}] {pos}/{len} packs {msg}", move |bar| {

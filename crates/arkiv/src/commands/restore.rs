@@ -35,7 +35,14 @@ pub fn run(g: &Global, a: RestoreArgs) -> Result<ExitCode> {
         output::json(
             &serde_json::json!({ "snapshot": snap.id, "target": a.target, "dry_run": a.dry_run, "result": out }),
         );
-    } else if !g.quiet {
+    } else {
+        // --quiet keeps errors and warnings: only the report of what was
+        // done is left out.
+        for w in &out.warnings {
+            eprintln!("arkiv: warning: {w}");
+        }
+    }
+    if !g.json && !g.quiet {
         if a.dry_run {
             for p in &out.planned {
                 println!("would restore {} ({})", p.path, output::bytes(p.size));
@@ -43,9 +50,6 @@ pub fn run(g: &Global, a: RestoreArgs) -> Result<ExitCode> {
         }
         for s in &out.skipped_existing {
             println!("left alone (exists; use --overwrite): {s}");
-        }
-        for w in &out.warnings {
-            eprintln!("arkiv: warning: {w}");
         }
         let verb = if a.dry_run { "would restore" } else { "restored" };
         println!(
