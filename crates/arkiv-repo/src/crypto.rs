@@ -9,8 +9,7 @@
 //! blob's offset inside its pack). Reuse would need two salts to collide, a
 //! 2^-128 event per pair.
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use hkdf::Hkdf;
 use rand::RngCore;
 use sha2::Sha256;
@@ -139,29 +138,33 @@ pub fn offset_nonce(offset: u64) -> [u8; 12] {
 pub const HEADER_NONCE: [u8; 12] = [0xff; 12];
 
 /// An AES-256-GCM key bound to one object (pack or file).
-pub struct ObjectCipher(Aes256Gcm);
+///
+/// The bulk cipher is aws-lc's (already linked for TLS): it uses VAES and
+/// AVX-512 where the CPU has them, about twice RustCrypto's AES-NI speed
+/// here. Key derivation and slot wrapping stay with RustCrypto.
+pub struct ObjectCipher(LessSafeKey);
 
 impl ObjectCipher {
     fn derive(ikm: &[u8; 32], salt: &[u8; SALT_LEN], info: &[u8]) -> Self {
         let hk = Hkdf::<Sha256>::new(Some(salt), ikm);
         let mut okm = [0u8; 32];
         hk.expand(info, &mut okm).expect("32 bytes is a valid HKDF length");
-        let c = Aes256Gcm::new_from_slice(&okm).expect("32-byte key");
+        let c = Self::from_key(&okm);
         okm.zeroize();
-        ObjectCipher(c)
+        c
     }
 
     pub fn from_key(key: &[u8; 32]) -> Self {
-        ObjectCipher(Aes256Gcm::new_from_slice(key).expect("32-byte key"))
+        ObjectCipher(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte key")))
     }
 
     /// Encrypts `buf[start..]` in place and appends the tag.
     pub fn seal_tail(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut Vec<u8>, start: usize) {
         let tag = self
             .0
-            .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut buf[start..])
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), &mut buf[start..])
             .expect("AES-GCM encrypts any length Arkiv produces");
-        buf.extend_from_slice(&tag);
+        buf.extend_from_slice(tag.as_ref());
     }
 
     pub fn seal(&self, nonce: &[u8; 12], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
@@ -177,9 +180,9 @@ impl ObjectCipher {
         if ciphertext.len() < TAG_LEN {
             return None;
         }
-        let (body, tag) = ciphertext.split_at(ciphertext.len() - TAG_LEN);
-        let mut buf = body.to_vec();
-        self.0.decrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut buf, Tag::from_slice(tag)).ok()?;
+        let mut buf = ciphertext.to_vec();
+        let len = self.0.open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), &mut buf).ok()?.len();
+        buf.truncate(len);
         Some(buf)
     }
 }

@@ -115,25 +115,63 @@ fn upload_loop(shared: Arc<Shared>, rx: Receiver<FinishedPack>) {
     }
 }
 
-thread_local! {
-    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+/// Per-thread zstd state: a context (creating one costs more than
+/// compressing a small blob) and an output buffer reused for every chunk, so
+/// compressing a chunk allocates nothing and faults in no fresh pages.
+struct CompressState {
+    level: i32,
+    ctx: zstd::bulk::Compressor<'static>,
+    out: Vec<u8>,
 }
 
-/// Compresses with a per-thread zstd context (creating one costs more than
-/// compressing a small blob). `None` when compression would not pay.
-fn compress(level: i32, data: &[u8]) -> Option<Vec<u8>> {
-    if level == 0 || data.len() < 64 {
-        return None;
+thread_local! {
+    static COMPRESS: RefCell<Option<CompressState>> = const { RefCell::new(None) };
+}
+
+/// Half the data of a typical application host (media, archives, already
+/// compressed dumps) does not compress. For a large chunk, two 16 KiB
+/// samples (start and middle) are tried first; when neither saves 1/32 the
+/// whole chunk is stored raw without running zstd over megabytes for
+/// nothing. Mixed content still compresses: one compressible sample is
+/// enough to try the whole chunk.
+fn looks_incompressible(st: &mut CompressState, data: &[u8]) -> bool {
+    const SAMPLE: usize = 16 << 10;
+    if data.len() < 8 * SAMPLE {
+        return false;
     }
-    COMPRESSOR.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.as_ref().is_none_or(|(l, _)| *l != level) {
-            *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+    let mid = data.len() / 2;
+    [&data[..SAMPLE], &data[mid..mid + SAMPLE]].iter().all(|sample| {
+        st.out.clear();
+        st.out.reserve(zstd::zstd_safe::compress_bound(SAMPLE));
+        matches!(st.ctx.compress_to_buffer(sample, &mut st.out), Ok(n) if n >= SAMPLE - SAMPLE / 32)
+    })
+}
+
+/// Calls `f` with the bytes to store for `data` and whether they are
+/// compressed. Compression is kept only when it saves at least 1/32: a
+/// smaller saving is not worth decompressing on every restore.
+fn with_stored<R>(level: i32, data: &[u8], f: impl FnOnce(&[u8], bool) -> R) -> R {
+    if level == 0 || data.len() < 64 {
+        return f(data, false);
+    }
+    COMPRESS.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.as_ref().is_none_or(|c| c.level != level) {
+            match zstd::bulk::Compressor::new(level) {
+                Ok(ctx) => *cell = Some(CompressState { level, ctx, out: Vec::new() }),
+                Err(_) => return f(data, false),
+            }
         }
-        let out = c.as_mut()?.1.compress(data).ok()?;
-        // Keep the compressed form only when it saves at least 1/32: a
-        // smaller saving is not worth decompressing on every restore.
-        (out.len() < data.len() - data.len() / 32).then_some(out)
+        let st = cell.as_mut().expect("set above");
+        if looks_incompressible(st, data) {
+            return f(data, false);
+        }
+        st.out.clear();
+        st.out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+        match st.ctx.compress_to_buffer(data, &mut st.out) {
+            Ok(n) if n < data.len() - data.len() / 32 => f(&st.out[..n], true),
+            _ => f(data, false),
+        }
     })
 }
 
@@ -247,13 +285,13 @@ impl Writer {
             c.bytes_new.fetch_add(data.len() as u64, Ordering::Relaxed);
             return Ok(true);
         }
-        let compressed = compress(self.level, data);
-        let stored = compressed.as_deref().unwrap_or(data);
         let pool = &self.packers[blob_type as usize];
         let mut packer = pool.lock().unwrap().pop().unwrap_or_else(|| {
             Packer::new(self.shared.repo.key(), self.pack_size + self.chunker.params().max_size as usize + 4096)
         });
-        packer.add(id, blob_type, stored, compressed.is_some(), data.len() as u32);
+        with_stored(self.level, data, |stored, compressed| {
+            packer.add(id, blob_type, stored, compressed, data.len() as u32);
+        });
         let c = &self.shared.counters;
         c.blobs_new.fetch_add(1, Ordering::Relaxed);
         c.bytes_new.fetch_add(data.len() as u64, Ordering::Relaxed);
