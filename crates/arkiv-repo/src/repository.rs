@@ -269,21 +269,34 @@ impl Repository {
 
     // ---- snapshots ----
 
-    pub fn save_snapshot(&self, s: &Snapshot) -> Result<Id> {
-        let sealed = envelope::seal(self.key(), EnvelopeKind::Snapshot, &serde_json::to_vec(s).unwrap(), 3);
+    /// Seals `payload` and writes it under the name of its stored bytes.
+    fn write_sealed(&self, kind: FileKind, env: EnvelopeKind, payload: &[u8], level: i32) -> Result<Id> {
+        let sealed = envelope::seal(self.key(), env, payload, level);
         let id = Id::of_stored(&sealed);
-        self.backend().write(FileKind::Snapshot, &id.to_hex(), sealed)?;
+        self.backend().write(kind, &id.to_hex(), sealed)?;
         Ok(id)
     }
 
-    pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+    /// Reads a sealed file, checks it against its name and opens it;
+    /// returns how errors name it and its payload.
+    fn read_sealed(&self, kind: FileKind, env: EnvelopeKind, label: &str, id: &Id) -> Result<(String, Vec<u8>)> {
         let name = id.to_hex();
-        let object = format!("snapshot {name}");
-        let bytes = self.backend().read(FileKind::Snapshot, &name)?;
+        let object = format!("{label} {name}");
+        let bytes = self.backend().read(kind, &name)?;
         if Id::of_stored(&bytes) != *id {
             return Err(Error::corrupt(&object, "contents do not match the name"));
         }
-        let plain = envelope::open(self.key(), &object, &bytes, EnvelopeKind::Snapshot)?;
+        let plain = envelope::open(self.key(), &object, &bytes, env)?;
+        Ok((object, plain))
+    }
+
+    pub fn save_snapshot(&self, s: &Snapshot) -> Result<Id> {
+        let json = serde_json::to_vec(s).expect("snapshots serialise");
+        self.write_sealed(FileKind::Snapshot, EnvelopeKind::Snapshot, &json, 3)
+    }
+
+    pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        let (object, plain) = self.read_sealed(FileKind::Snapshot, EnvelopeKind::Snapshot, "snapshot", id)?;
         serde_json::from_slice(&plain).map_err(|e| Error::corrupt(object, e.to_string()))
     }
 
@@ -345,21 +358,12 @@ impl Repository {
     // ---- index ----
 
     pub fn load_index_file(&self, id: &Id) -> Result<IndexFile> {
-        let name = id.to_hex();
-        let object = format!("index {name}");
-        let bytes = self.backend().read(FileKind::Index, &name)?;
-        if Id::of_stored(&bytes) != *id {
-            return Err(Error::corrupt(&object, "contents do not match the name"));
-        }
-        let plain = envelope::open(self.key(), &object, &bytes, EnvelopeKind::Index)?;
+        let (object, plain) = self.read_sealed(FileKind::Index, EnvelopeKind::Index, "index", id)?;
         IndexFile::decode(&object, &plain)
     }
 
     pub fn save_index_file(&self, f: &IndexFile) -> Result<Id> {
-        let sealed = envelope::seal(self.key(), EnvelopeKind::Index, &f.encode(), self.config().compression.max(1));
-        let id = Id::of_stored(&sealed);
-        self.backend().write(FileKind::Index, &id.to_hex(), sealed)?;
-        Ok(id)
+        self.write_sealed(FileKind::Index, EnvelopeKind::Index, &f.encode(), self.config().compression.max(1))
     }
 
     /// Loads every index file (in parallel) and returns the indexed state.

@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -38,7 +38,7 @@ use crate::tree::Tree;
 const INDEX_FLUSH_PACKS: usize = 64;
 /// Bytes of a stream read and cut before its chunks are processed in
 /// parallel.
-const STREAM_BATCH: usize = 8 << 20;
+const STREAM_BATCH: usize = 4 << 20;
 const UPLOADERS: usize = 2;
 
 /// What a writer added.
@@ -66,15 +66,41 @@ struct Shared {
     failure: Mutex<Option<Error>>,
     failed: AtomicBool,
     counters: Counters,
+    /// Pack buffers alive (being filled, waiting, or uploading). Capped so
+    /// peak memory does not depend on how uploads and workers interleave.
+    packs_alive: Mutex<usize>,
+    pack_freed: Condvar,
 }
 
+/// At most this many 16 MiB-class pack buffers exist at once: one being
+/// filled per worker and one uploading per upload thread. Cannot deadlock:
+/// with two workers at most two tree and two data packers are ever open, so
+/// a worker that waits does so only while some pack is uploading.
+const MAX_PACKS_ALIVE: usize = 4;
+
 impl Shared {
+    /// Waits for room for one more pack buffer.
+    fn acquire_pack(&self) {
+        let mut n = self.packs_alive.lock().unwrap();
+        while *n >= MAX_PACKS_ALIVE && !self.failed.load(Ordering::SeqCst) {
+            n = self.pack_freed.wait(n).unwrap();
+        }
+        *n += 1;
+    }
+
+    fn release_pack(&self) {
+        *self.packs_alive.lock().unwrap() -= 1;
+        self.pack_freed.notify_one();
+    }
+
     fn fail(&self, e: Error) {
         let mut f = self.failure.lock().unwrap();
         if f.is_none() {
             *f = Some(e);
         }
         self.failed.store(true, Ordering::SeqCst);
+        // Workers waiting for a pack buffer must see the failure.
+        self.pack_freed.notify_all();
     }
 
     fn write_pending_index(&self, min_packs: usize) -> Result<()> {
@@ -94,10 +120,14 @@ impl Shared {
 fn upload_loop(shared: Arc<Shared>, rx: Receiver<FinishedPack>) {
     for pack in rx {
         if shared.failed.load(Ordering::SeqCst) {
+            drop(pack);
+            shared.release_pack();
             continue;
         }
         let len = pack.bytes.len() as u64;
-        match shared.repo.backend().write(FileKind::Pack, &pack.id.to_hex(), pack.bytes) {
+        let written = shared.repo.backend().write(FileKind::Pack, &pack.id.to_hex(), pack.bytes);
+        shared.release_pack();
+        match written {
             Ok(()) => {
                 shared.counters.packs.fetch_add(1, Ordering::Relaxed);
                 shared.counters.bytes_stored.fetch_add(len, Ordering::Relaxed);
@@ -219,6 +249,8 @@ impl Writer {
             pending: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
+            packs_alive: Mutex::new(0),
+            pack_freed: Condvar::new(),
             counters: Counters::default(),
         });
         let (tx, rx) = crossbeam_channel::bounded::<FinishedPack>(0);
@@ -286,7 +318,9 @@ impl Writer {
             return Ok(true);
         }
         let pool = &self.packers[blob_type as usize];
-        let mut packer = pool.lock().unwrap().pop().unwrap_or_else(|| {
+        let pooled = pool.lock().unwrap().pop();
+        let mut packer = pooled.unwrap_or_else(|| {
+            self.shared.acquire_pack();
             Packer::new(self.shared.repo.key(), self.pack_size + self.chunker.params().max_size as usize + 4096)
         });
         with_stored(self.level, data, |stored, compressed| {

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use arkiv_repo::{Id, Indexed, Node, NodeKind};
@@ -163,18 +163,13 @@ fn is_zero(b: &[u8]) -> bool {
     head.iter().all(|&x| x == 0) && body.iter().all(|&x| x == 0) && tail.iter().all(|&x| x == 0)
 }
 
-/// Writes `data` at `off`, leaving out every all-zero 4 KiB block (aligned
-/// to the file, where file systems allocate): the file was created at full
-/// length, so skipped blocks read back as zeros and stay holes.
-fn write_sparse(path: &Path, data: &[u8], off: u64) -> std::io::Result<()> {
+/// The ranges of `data` (to be written at file offset `off`) that are not
+/// all-zero 4 KiB blocks, aligned to the file, where file systems allocate.
+/// The file is created at full length, so what is left out reads back as
+/// zeros and stays a hole.
+fn sparse_runs(data: &[u8], off: u64) -> Vec<(usize, usize)> {
     const BLOCK: u64 = 4096;
-    let mut file: Option<std::fs::File> = None;
-    let mut write = |from: usize, to: usize| -> std::io::Result<()> {
-        if file.is_none() {
-            file = Some(OpenOptions::new().write(true).open(path)?);
-        }
-        file.as_ref().unwrap().write_all_at(&data[from..to], off + from as u64)
-    };
+    let mut runs = Vec::new();
     let mut run: Option<usize> = None;
     let mut i = 0usize;
     while i < data.len() {
@@ -182,7 +177,7 @@ fn write_sparse(path: &Path, data: &[u8], off: u64) -> std::io::Result<()> {
         match (is_zero(&data[i..end]), run) {
             (false, None) => run = Some(i),
             (true, Some(s)) => {
-                write(s, i)?;
+                runs.push((s, i));
                 run = None;
             }
             _ => {}
@@ -190,9 +185,66 @@ fn write_sparse(path: &Path, data: &[u8], off: u64) -> std::io::Result<()> {
         i = end;
     }
     if let Some(s) = run {
-        write(s, data.len())?;
+        runs.push((s, data.len()));
     }
-    Ok(())
+    runs
+}
+
+/// Open write handles kept between blobs of one file, at most this many:
+/// far below any file-descriptor limit, yet enough that a file is opened
+/// once, not once per blob.
+const MAX_OPEN_FILES: usize = 256;
+
+/// A file being restored.
+struct Target {
+    path: PathBuf,
+    size: u64,
+    damaged: AtomicBool,
+    /// Bytes not written yet: the recorded size less every blob written
+    /// (or left as a hole).
+    remaining: AtomicU64,
+    created: AtomicBool,
+    /// The open handle while blobs are still to come.
+    file: Mutex<Option<std::fs::File>>,
+}
+
+impl Target {
+    /// Runs `f` on the file, creating it (at full length) on first use and
+    /// keeping the handle open while there is room.
+    fn with_file(
+        &self,
+        open: &AtomicUsize,
+        f: impl FnOnce(&std::fs::File) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let mut slot = self.file.lock().unwrap();
+        if let Some(file) = slot.as_ref() {
+            return f(file);
+        }
+        let file = self.open_or_create()?;
+        let r = f(&file);
+        if open.fetch_add(1, Ordering::Relaxed) < MAX_OPEN_FILES {
+            *slot = Some(file);
+        } else {
+            open.fetch_sub(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn open_or_create(&self) -> std::io::Result<std::fs::File> {
+        if self.created.swap(true, Ordering::Relaxed) {
+            return OpenOptions::new().write(true).open(&self.path);
+        }
+        let file = OpenOptions::new().write(true).create_new(true).open(&self.path)?;
+        file.set_len(self.size)?;
+        Ok(file)
+    }
+
+    /// Closes the handle once the file is complete.
+    fn close(&self, open: &AtomicUsize) {
+        if self.file.lock().unwrap().take().is_some() {
+            open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 fn target_of(target: &Path, rel: &Path) -> PathBuf {
@@ -242,15 +294,9 @@ pub fn restore(
         fs::create_dir_all(&t).map_err(|e| io(&t, e))?;
     }
 
-    // Create every file at full length; decide which are hard links to
-    // another restored file.
-    struct Target {
-        path: PathBuf,
-        damaged: AtomicBool,
-        /// Bytes not written yet: the recorded size less every blob written
-        /// (or left as a hole).
-        remaining: AtomicU64,
-    }
+    // Decide which files are hard links to another restored file. Files
+    // are created when their first bytes arrive (or at the end, for files
+    // with no data), so each is opened once.
     let mut targets: Vec<Target> = Vec::new();
     let mut file_items: Vec<&Item> = Vec::new();
     let mut link_to: Vec<(PathBuf, usize, &Item)> = Vec::new();
@@ -271,9 +317,14 @@ pub fn restore(
             }
             first_of_inode.insert((f.node.device, f.node.inode), targets.len());
         }
-        let file = OpenOptions::new().write(true).create_new(true).open(&t).map_err(|e| io(&t, e))?;
-        file.set_len(f.node.size).map_err(|e| io(&t, e))?;
-        targets.push(Target { path: t, damaged: AtomicBool::new(false), remaining: AtomicU64::new(f.node.size) });
+        targets.push(Target {
+            path: t,
+            size: f.node.size,
+            damaged: AtomicBool::new(false),
+            remaining: AtomicU64::new(f.node.size),
+            created: AtomicBool::new(false),
+            file: Mutex::new(None),
+        });
         file_items.push(f);
     }
 
@@ -314,6 +365,7 @@ pub fn restore(
         mark(fi, format!("its blobs hold {sum} bytes, the file has {}", file_items[fi].node.size));
     }
     let ids: Vec<Id> = wanted.keys().copied().collect();
+    let open_files = AtomicUsize::new(0);
     indexed.for_each_blob(&ids, |id, res| {
         let places = &wanted[&id];
         match res {
@@ -322,16 +374,28 @@ pub fn restore(
                     if targets[fi].damaged.load(Ordering::Relaxed) {
                         continue;
                     }
-                    if let Err(e) = write_sparse(&targets[fi].path, &data, off) {
-                        mark(fi, format!("write failed: {e}"));
-                        continue;
+                    let t = &targets[fi];
+                    let runs = sparse_runs(&data, off);
+                    if !runs.is_empty() {
+                        let r = t.with_file(&open_files, |file| {
+                            runs.iter().try_for_each(|&(a, b)| file.write_all_at(&data[a..b], off + a as u64))
+                        });
+                        if let Err(e) = r {
+                            mark(fi, format!("write failed: {e}"));
+                            t.close(&open_files);
+                            continue;
+                        }
                     }
                     let n = data.len() as u64;
-                    let left =
-                        targets[fi].remaining.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(n));
-                    if left.is_err() {
-                        mark(fi, format!("its blobs hold more than its {} bytes", file_items[fi].node.size));
-                        continue;
+                    let left = t.remaining.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(n));
+                    match left {
+                        Err(_) => {
+                            mark(fi, format!("its blobs hold more than its {} bytes", file_items[fi].node.size));
+                            t.close(&open_files);
+                            continue;
+                        }
+                        Ok(before) if before == n => t.close(&open_files),
+                        Ok(_) => {}
                     }
                     progress.bytes.fetch_add(n, Ordering::Relaxed);
                 }
@@ -343,6 +407,17 @@ pub fn restore(
             }
         }
     })?;
+
+    // Files no byte was written to (empty, all holes, or damaged before any
+    // data came) still have to exist at their full length.
+    for t in &targets {
+        t.close(&open_files);
+        if !t.created.load(Ordering::Relaxed) {
+            if let Err(e) = t.open_or_create() {
+                return Err(io(&t.path, e));
+            }
+        }
+    }
 
     // Whatever was not written (a blob never delivered) leaves the file
     // incomplete, even though no read failed.
