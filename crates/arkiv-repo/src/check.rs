@@ -205,7 +205,10 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
     roots.par_iter().for_each(|(s, t)| walk(&indexed, s, t, "/", &seen, &err));
     report.trees = seen.lock().unwrap().len();
 
-    // Data.
+    // Data. The trees decoded above are garbage now; return their memory
+    // before whole packs are read.
+    drop(indexed);
+    crate::repository::release_free_memory();
     let mut to_read: Vec<(Id, &([u8; crate::crypto::SALT_LEN], Vec<PackEntry>))> =
         pack_entries.iter().filter(|(id, _)| stored.contains_key(&id.to_hex())).map(|(id, e)| (*id, e)).collect();
     to_read.sort_by_key(|(id, _)| *id);

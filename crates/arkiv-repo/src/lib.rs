@@ -31,7 +31,7 @@ pub use error::{Error, Result};
 pub use id::Id;
 pub use keys::{Credential, KdfParams};
 pub use pack::BlobType;
-pub use repository::{Indexed, InitOptions, RepoConfig, Repository};
+pub use repository::{release_free_memory, Indexed, InitOptions, RepoConfig, Repository};
 pub use snapshot::{Skipped, Snapshot, SnapshotEntry, SnapshotFilter, Summary};
 pub use tree::{Name, Node, NodeKind, Tree, Xattr};
 pub use writer::{WriteStats, Writer};

@@ -412,11 +412,11 @@ impl Repository {
     }
 }
 
-/// Hands memory freed by a large transient job (decoding every index file)
-/// back to the OS. glibc keeps freed blocks of worker threads' arenas
+/// Hands memory freed by a large transient job (decoding every index file,
+/// walking every tree) back to the OS between phases. glibc keeps freed blocks of worker threads' arenas
 /// resident; without this the decoded files' buffers stay in the process's
 /// footprint for its whole life.
-fn release_free_memory() {
+pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap memory to the kernel.
     unsafe {
@@ -525,7 +525,7 @@ impl Indexed {
         // loops would let an idle worker start more reads than there are
         // cores and multiply the memory held.
         const GAP: u64 = 1 << 20;
-        const RUN_MAX: u64 = 8 << 20;
+        const RUN_MAX: u64 = 4 << 20;
         let mut runs: Vec<(u64, u64, Vec<BlobLocation>)> = Vec::new();
         for mut locs in by_pack.into_values() {
             locs.sort_by_key(|l| l.entry.offset);

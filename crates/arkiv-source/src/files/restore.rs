@@ -262,6 +262,9 @@ pub fn restore(
     let mut plan = planner.walk(root, Path::new("/"))?;
     plan.dirs.sort_by(|a, b| a.rel.cmp(&b.rel));
     plan.files.sort_by(|a, b| a.rel.cmp(&b.rel));
+    // Decoding every tree leaves freed memory behind in the allocator's
+    // per-thread arenas; hand it back before the data phase grows again.
+    arkiv_repo::release_free_memory();
     let mut out = RestoreOutcome::default();
     let total: u64 = plan.files.iter().map(|f| f.node.size).sum();
     progress.total_bytes.store(total, Ordering::Relaxed);
