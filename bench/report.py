@@ -33,7 +33,8 @@ def table(path):
                 m = a[s]["rss_mb"] / r[s]["rss_mb"]
                 goal = TARGETS.get((s, tool))
                 mark = "" if goal is None else (" ✓" if t <= goal else f" ✗ (goal {goal})")
-                cells.append(f"{t:.2f}×{mark}; {m:.2f}×" + (" ✓" if tool == "restic" and m <= 1 else ""))
+                mem = "" if tool != "restic" else (" ✓" if m <= 1 else " ✗")
+                cells.append(f"{t:.2f}×{mark}; {m:.2f}×{mem}")
             size = a["repo_mb"] / r["repo_mb"]
             cells.append(f"{size:.3f}×" + (" ✓" if tool == "restic" and size <= 1.05 else ""))
             out.append(f"| {tool} | " + " | ".join(cells) + " |")
