@@ -12,6 +12,21 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Pins glibc's mmap threshold at 8 MiB, between the largest blob (4 MiB)
+/// and a pack (16 MiB). By default the threshold rises to the size of the
+/// largest block ever freed (the 32 MiB Argon2 buffer, then packs), after
+/// which freed 16 MiB pack buffers stay resident in per-thread arenas.
+/// Pinned, pack buffers go back to the kernel when dropped while blob-sized
+/// buffers keep being reused from the heap (a 2 MiB threshold also freed
+/// those, and cost check a third of its speed; docs/benchmarks.md §4).
+fn limit_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator, before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
+    }
+}
+
 /// Exit code of an operation that finished but left something out.
 pub const EXIT_PARTIAL: u8 = 3;
 
@@ -41,6 +56,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    limit_mmap_threshold();
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
