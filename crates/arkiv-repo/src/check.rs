@@ -97,19 +97,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
     // Index files: each must open; together they describe the packs.
     let index_names = repo.backend().list(FileKind::Index)?;
     report.index_files = index_names.len();
-    let files: Vec<(Id, IndexFile)> = index_names
-        .par_iter()
-        .filter_map(|(n, _)| {
-            let id: Id = n.parse().ok()?;
-            match repo.load_index_file(&id) {
-                Ok(f) => Some((id, f)),
-                Err(e) => {
-                    err(e.to_string());
-                    None
-                }
-            }
-        })
-        .collect();
+    let files: Vec<(Id, IndexFile)> = load_each(&index_names, |id| repo.load_index_file(id), &err);
     let superseded: HashSet<Id> = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
     // Each pack's entries are kept once, here; the index is built from them.
     let mut pack_entries: HashMap<Id, ([u8; crate::crypto::SALT_LEN], Vec<PackEntry>)> = HashMap::new();
@@ -152,19 +140,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
     // Snapshots and every tree they reach.
     let snaps = repo.backend().list(FileKind::Snapshot)?;
     report.snapshots = snaps.len();
-    let roots: Vec<(Id, Id)> = snaps
-        .par_iter()
-        .filter_map(|(n, _)| {
-            let id: Id = n.parse().ok()?;
-            match repo.load_snapshot(&id) {
-                Ok(s) => Some((id, s.tree)),
-                Err(e) => {
-                    err(e.to_string());
-                    None
-                }
-            }
-        })
-        .collect();
+    let roots: Vec<(Id, Id)> = load_each(&snaps, |id| repo.load_snapshot(id).map(|s| s.tree), &err);
     let indexed = crate::repository::Indexed::from_parts(repo.clone(), index);
     let seen: Mutex<HashSet<Id>> = Mutex::new(HashSet::new());
     fn walk(
@@ -244,6 +220,22 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
     errors.dedup();
     report.errors = errors;
     Ok(report)
+}
+
+/// Loads every named object in parallel; each one that fails is reported
+/// through `err` and left out, so one damaged file hides nothing else.
+fn load_each<T: Send>(
+    names: &[(String, u64)],
+    load: impl Fn(&Id) -> Result<T> + Sync,
+    err: &(dyn Fn(String) + Sync),
+) -> Vec<(Id, T)> {
+    names
+        .par_iter()
+        .filter_map(|(n, _)| {
+            let id: Id = n.parse().ok()?;
+            load(&id).map_err(|e| err(e.to_string())).ok().map(|v| (id, v))
+        })
+        .collect()
 }
 
 /// Every problem in one pack read whole: its name, its header, each blob.

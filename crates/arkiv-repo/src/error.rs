@@ -50,6 +50,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// A copy of a storage error, for reporting one failed read against each
+    /// of the blobs it was meant to fetch. Other kinds become `Invalid` with
+    /// the same message.
+    pub fn duplicate(&self) -> Error {
+        match self {
+            Error::Backend { op, path, message } => Error::Backend { op, path: path.clone(), message: message.clone() },
+            Error::NotFound { what } => Error::NotFound { what: what.clone() },
+            other => Error::Invalid(other.to_string()),
+        }
+    }
+
     pub fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> Error {
         Error::Corrupt { object: object.into(), reason: reason.into() }
     }

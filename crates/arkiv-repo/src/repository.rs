@@ -563,9 +563,11 @@ impl Indexed {
                     }
                 }
                 Err(e) => {
-                    let msg = e.to_string();
+                    // A failed read is not damage: every blob of the run gets
+                    // the storage error itself (a missing pack stays "does
+                    // not exist", an outage stays an outage).
                     for l in &locs {
-                        f(l.entry.id, Err(Error::corrupt(format!("pack {pack_name}"), msg.clone())));
+                        f(l.entry.id, Err(e.duplicate()));
                     }
                 }
             }
