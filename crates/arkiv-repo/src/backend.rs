@@ -1,15 +1,20 @@
-//! Storage backends: the engine speaks only to an OpenDAL operator, so a
+//! Storage backends: the engine speaks only to OpenDAL operators, so a
 //! local directory and an object store behave the same.
 //!
 //! The engine is synchronous (CPU-bound work runs on rayon), OpenDAL is
 //! async; this module owns the bridge: one shared tokio runtime on which every
-//! storage call is driven to completion.
+//! storage call is driven to completion. It also owns what makes remote
+//! storage dependable: retries with backoff, timeouts, a hot/cold split and a
+//! local cache of metadata files.
 
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use opendal::{ErrorKind, Operator};
 
 use crate::error::{Error, Result};
+use crate::id::Id;
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -29,7 +34,6 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
     runtime().block_on(f)
 }
-
 /// Kinds of stored object, each in its own directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
@@ -37,7 +41,12 @@ pub enum FileKind {
     Key,
     Snapshot,
     Index,
+    /// A pack of tree blobs: metadata, kept in the hot location.
     Pack,
+    /// A pack of file-content blobs: in the cold location when there is one.
+    DataPack,
+    /// A prune's record of packs awaiting deletion.
+    Deletion,
 }
 
 impl FileKind {
@@ -47,7 +56,8 @@ impl FileKind {
             FileKind::Key => "keys/",
             FileKind::Snapshot => "snapshots/",
             FileKind::Index => "index/",
-            FileKind::Pack => "data/",
+            FileKind::Pack | FileKind::DataPack => "data/",
+            FileKind::Deletion => "deletions/",
         }
     }
 
@@ -57,37 +67,64 @@ impl FileKind {
     pub fn path(self, name: &str) -> String {
         match self {
             FileKind::Config => "config".to_string(),
-            FileKind::Pack => format!("data/{}/{}", &name[..2.min(name.len())], name),
+            FileKind::Pack | FileKind::DataPack => format!("data/{}/{}", &name[..2.min(name.len())], name),
             _ => format!("{}{}", self.dir(), name),
+        }
+    }
+
+    fn is_pack(self) -> bool {
+        matches!(self, FileKind::Pack | FileKind::DataPack)
+    }
+}
+
+/// How hard to try before a storage operation counts as failed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IoPolicy {
+    /// Retries after the first attempt, for errors the backend calls temporary
+    /// (timeouts, 5xx, dropped connections). Permanent ones (403, 404) fail at once.
+    pub retries: u32,
+    /// First backoff; doubled each retry, capped at 30 s, with full jitter.
+    pub backoff: Duration,
+    /// Limit on a whole request without a body (stat, list page, delete).
+    pub timeout: Duration,
+    /// Limit on each step of a transfer: a slow upload that makes progress
+    /// is not cut off; one that stalls is.
+    pub io_timeout: Duration,
+    /// Uploads in flight at once.
+    pub uploads: usize,
+}
+
+impl Default for IoPolicy {
+    fn default() -> Self {
+        IoPolicy {
+            retries: 6,
+            backoff: Duration::from_millis(200),
+            timeout: Duration::from_secs(60),
+            io_timeout: Duration::from_secs(30),
+            uploads: 4,
         }
     }
 }
 
-/// A repository's storage location.
+/// One storage location: an operator and how to name it in messages.
 #[derive(Clone)]
-pub struct Backend {
+pub struct Store {
     op: Operator,
+    /// The location without credentials or query, as messages show it.
     location: String,
-    /// The directory of a local repository (for housekeeping of `tmp/`).
-    local_root: Option<std::path::PathBuf>,
+    /// The directory of a local store (for `tmp/` and directory fsync).
+    local_root: Option<PathBuf>,
 }
 
-impl std::fmt::Debug for Backend {
+impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Backend({})", self.location)
+        write!(f, "Store({})", self.location)
     }
 }
 
-fn io_err(op: &'static str, path: &str, location: &str, e: opendal::Error) -> Error {
-    if e.kind() == ErrorKind::NotFound {
-        return Error::NotFound { what: format!("{location}/{path}") };
-    }
-    Error::Backend { op, path: format!("{location}/{path}"), message: e.to_string() }
-}
-
-impl Backend {
-    /// A repository in a local directory.
-    pub fn local(path: &std::path::Path) -> Result<Backend> {
+impl Store {
+    /// A store in a local directory.
+    pub fn local(path: &Path) -> Result<Store> {
         let abs = if path.is_absolute() {
             path.to_path_buf()
         } else {
@@ -101,45 +138,235 @@ impl Backend {
         let op = Operator::new(builder).map_err(|e| Error::Backend {
             op: "open",
             path: root.clone(),
-            message: e.to_string(),
+            message: describe(&e),
         })?;
-        Ok(Backend { op, location: root, local_root: Some(abs) })
+        Ok(Store { op, location: root, local_root: Some(abs) })
     }
 
     /// Any OpenDAL operator; `location` is how errors and listings name it.
-    pub fn from_operator(op: Operator, location: impl Into<String>) -> Backend {
-        Backend { op, location: location.into(), local_root: None }
+    pub fn remote(op: Operator, location: impl Into<String>) -> Store {
+        Store { op, location: location.into(), local_root: None }
+    }
+
+    /// A local directory reached through `op` (with layers around the fs
+    /// service): `root` is still known for `tmp/` and directory fsync.
+    pub(crate) fn with_root(op: Operator, location: impl Into<String>, root: PathBuf) -> Store {
+        let root = if root.is_absolute() { root } else { std::env::current_dir().unwrap_or_default().join(root) };
+        Store { op, location: location.into(), local_root: Some(root) }
+    }
+
+    pub(crate) fn op(&self) -> &Operator {
+        &self.op
     }
 
     pub fn location(&self) -> &str {
         &self.location
     }
 
+    pub fn is_local(&self) -> bool {
+        self.local_root.is_some()
+    }
+}
+
+/// A repository's storage: a hot location for everything, or a hot one for
+/// metadata and a cold one for file data.
+#[derive(Clone)]
+pub struct Backend {
+    hot: Store,
+    cold: Option<Store>,
+    policy: IoPolicy,
+    cache: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Backend({})", self.location())
+    }
+}
+
+/// One line, whatever the service put in its error: OpenDAL's own display
+/// carries response bodies (multi-line XML) and request context.
+pub(crate) fn describe(e: &opendal::Error) -> String {
+    let mut msg = e.message().to_string();
+    let mut src = std::error::Error::source(e);
+    let mut deepest = None;
+    while let Some(s) = src {
+        deepest = Some(s.to_string());
+        src = s.source();
+    }
+    if let Some(d) = deepest {
+        msg = format!("{msg}: {d}");
+    }
+    if msg.is_empty() {
+        msg = e.kind().to_string();
+    }
+    let kind = match e.kind() {
+        ErrorKind::PermissionDenied => "permission denied: ",
+        ErrorKind::ConfigInvalid => "invalid configuration: ",
+        _ => "",
+    };
+    let mut line: String = format!("{kind}{msg}").split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.len() > 300 {
+        let mut cut = 300;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push('…');
+    }
+    line
+}
+
+fn io_err(op: &'static str, path: &str, location: &str, e: opendal::Error) -> Error {
+    if e.kind() == ErrorKind::NotFound {
+        return Error::NotFound { what: format!("{location}/{path}") };
+    }
+    Error::Backend { op, path: format!("{location}/{path}"), message: describe(&e) }
+}
+
+impl Backend {
+    /// A repository in a local directory.
+    pub fn local(path: &Path) -> Result<Backend> {
+        Ok(Backend::new(Store::local(path)?, None))
+    }
+
+    /// A repository in one store, with data packs in `cold` if given.
+    pub fn new(hot: Store, cold: Option<Store>) -> Backend {
+        Backend { hot, cold, policy: IoPolicy::default(), cache: None }
+    }
+
+    /// Any OpenDAL operator; `location` is how errors and listings name it.
+    pub fn from_operator(op: Operator, location: impl Into<String>) -> Backend {
+        Backend::new(Store::remote(op, location), None)
+    }
+
+    pub fn with_policy(mut self, policy: IoPolicy) -> Backend {
+        self.policy = policy;
+        self
+    }
+
+    /// Keeps copies of index and snapshot files in `dir`, so listing and
+    /// opening a remote repository reads each of them over the network once.
+    /// Every cached file is checked against its name (a hash of its bytes)
+    /// before use; a damaged or stale one is fetched again, and files gone
+    /// from the repository are dropped from the cache when it is listed.
+    pub fn with_cache(mut self, dir: PathBuf) -> Backend {
+        self.cache = Some(dir);
+        self
+    }
+
+    pub fn policy(&self) -> &IoPolicy {
+        &self.policy
+    }
+
+    /// How messages name the repository: its hot location, and the cold one.
+    pub fn location(&self) -> String {
+        match &self.cold {
+            Some(c) => format!("{} (data: {})", self.hot.location, c.location),
+            None => self.hot.location.clone(),
+        }
+    }
+
+    pub fn is_split(&self) -> bool {
+        self.cold.is_some()
+    }
+
+    pub fn is_local(&self) -> bool {
+        self.hot.is_local() && self.cold.as_ref().is_none_or(|c| c.is_local())
+    }
+
     pub fn operator(&self) -> &Operator {
-        &self.op
+        &self.hot.op
+    }
+
+    fn store(&self, kind: FileKind) -> &Store {
+        match (kind, &self.cold) {
+            (FileKind::DataPack, Some(cold)) => cold,
+            _ => &self.hot,
+        }
+    }
+
+    /// The other place a pack could be: packs are routed by the blob type
+    /// the caller expects, and an orphan's type is unknown.
+    fn other_store(&self, kind: FileKind) -> Option<&Store> {
+        let cold = self.cold.as_ref()?;
+        match kind {
+            FileKind::Pack => Some(cold),
+            FileKind::DataPack => Some(&self.hot),
+            _ => None,
+        }
+    }
+
+    /// Runs `f` until it succeeds, fails permanently or runs out of retries.
+    /// Whole operations are retried, never parts of one: every object is
+    /// written whole under a name derived from its content, so writing it
+    /// again is always safe, whatever the failed attempt left behind.
+    fn retry<T, F, Fut>(&self, what: &str, f: F) -> std::result::Result<T, opendal::Error>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, opendal::Error>>,
+    {
+        block_on(async {
+            let mut attempt = 0u32;
+            loop {
+                match f().await {
+                    Ok(v) => return Ok(v),
+                    Err(e) if e.is_temporary() && attempt < self.policy.retries => {
+                        let cap = self.policy.backoff.saturating_mul(1 << attempt.min(16)).min(Duration::from_secs(30));
+                        let wait = cap.mul_f64(rand::random::<f64>());
+                        attempt += 1;
+                        tracing::debug!("{what}: {} (retry {attempt} in {wait:?})", describe(&e));
+                        tokio::time::sleep(wait).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })
     }
 
     /// Reads a whole object. `Bytes`, not `Vec`: OpenDAL's buffer is handed
     /// over without a copy, so reading a 16 MiB pack holds 16 MiB, not 32.
     pub fn read(&self, kind: FileKind, name: &str) -> Result<bytes::Bytes> {
+        if let Some(b) = self.cached(kind, name) {
+            return Ok(b);
+        }
         let path = kind.path(name);
-        block_on(self.op.read(&path)).map(|b| b.to_bytes()).map_err(|e| io_err("read", &path, &self.location, e))
+        let got = self.read_from(self.store(kind), &path);
+        let got = match (got, self.other_store(kind)) {
+            (Err(Error::NotFound { .. }), Some(other)) => self.read_from(other, &path),
+            (r, _) => r,
+        }?;
+        self.fill_cache(kind, name, &got);
+        Ok(got)
+    }
+
+    fn read_from(&self, store: &Store, path: &str) -> Result<bytes::Bytes> {
+        self.retry(path, || async { store.op.read(path).await.map(|b| b.to_bytes()) })
+            .map_err(|e| io_err("read", path, &store.location, e))
     }
 
     pub fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<bytes::Bytes> {
         let path = kind.path(name);
-        block_on(async { self.op.read_with(&path).range(offset..offset + len).await })
-            .map(|b| b.to_bytes())
-            .map_err(|e| io_err("read", &path, &self.location, e))
+        let read = |store: &Store| {
+            self.retry(&path, || async { store.op.read_with(&path).range(offset..offset + len).await })
+                .map(|b| b.to_bytes())
+                .map_err(|e| io_err("read", &path, &store.location, e))
+        };
+        match (read(self.store(kind)), self.other_store(kind)) {
+            (Err(Error::NotFound { .. }), Some(other)) => read(other),
+            (r, _) => r,
+        }
     }
 
     pub fn write(&self, kind: FileKind, name: &str, data: Vec<u8>) -> Result<()> {
         let path = kind.path(name);
+        let store = self.store(kind);
+        let data = bytes::Bytes::from(data);
         // Not `Operator::write`: it leaves the temporary file of a failed
-        // write behind, so a full disk would stay full. Abort removes it.
-        block_on(async {
-            let mut w = self.op.writer(&path).await?;
-            let r = match w.write(data).await {
+        // local write behind, so a full disk would stay full. Abort removes it.
+        self.retry(&path, || async {
+            let mut w = store.op.writer(&path).await?;
+            let r = match w.write(data.clone()).await {
                 Ok(()) => w.close().await.map(|_| ()),
                 Err(e) => Err(e),
             };
@@ -148,19 +375,21 @@ impl Backend {
             }
             r
         })
-        .map_err(|e| io_err("write", &path, &self.location, e))?;
-        self.sync_parent(kind, &path)
+        .map_err(|e| io_err("write", &path, &store.location, e))?;
+        self.sync_parent(store, kind, &path)?;
+        self.fill_cache(kind, name, &data);
+        Ok(())
     }
 
     /// OpenDAL's local writer syncs the file before renaming it into place,
     /// but a rename is durable only once its directory is synced: without
     /// this, a snapshot reported as saved could vanish in a power cut, or
     /// outlive the pack it names. Object stores need nothing of the kind.
-    fn sync_parent(&self, kind: FileKind, path: &str) -> Result<()> {
-        let Some(root) = &self.local_root else { return Ok(()) };
+    fn sync_parent(&self, store: &Store, kind: FileKind, path: &str) -> Result<()> {
+        let Some(root) = &store.local_root else { return Ok(()) };
         let full = root.join(path);
         let mut dirs = vec![full.parent().map(|p| p.to_path_buf()).unwrap_or_else(|| root.clone())];
-        if kind == FileKind::Pack {
+        if kind.is_pack() {
             // data/XX/ itself may have just been created.
             dirs.push(root.join("data"));
         }
@@ -177,20 +406,22 @@ impl Backend {
     /// Removes temporary files older than `age` from a local repository's
     /// `tmp/`: what a killed writer left half-written. Younger ones may
     /// belong to a backup running right now and are left alone. Returns how
-    /// many were removed; other backends have no temporary files.
-    pub fn remove_stale_temp(&self, age: std::time::Duration) -> usize {
-        let Some(root) = &self.local_root else { return 0 };
-        let Ok(entries) = std::fs::read_dir(root.join("tmp")) else { return 0 };
+    /// many were removed; object stores have no temporary files.
+    pub fn remove_stale_temp(&self, age: Duration) -> usize {
         let mut removed = 0;
-        for e in entries.flatten() {
-            let old = e
-                .metadata()
-                .ok()
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|a| a > age);
-            if old && std::fs::remove_file(e.path()).is_ok() {
-                removed += 1;
+        for store in std::iter::once(&self.hot).chain(self.cold.as_ref()) {
+            let Some(root) = &store.local_root else { continue };
+            let Ok(entries) = std::fs::read_dir(root.join("tmp")) else { continue };
+            for e in entries.flatten() {
+                let old = e
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|a| a > age);
+                if old && std::fs::remove_file(e.path()).is_ok() {
+                    removed += 1;
+                }
             }
         }
         removed
@@ -198,24 +429,53 @@ impl Backend {
 
     pub fn exists(&self, kind: FileKind, name: &str) -> Result<bool> {
         let path = kind.path(name);
-        block_on(self.op.exists(&path)).map_err(|e| io_err("stat", &path, &self.location, e))
+        let store = self.store(kind);
+        self.retry(&path, || store.op.exists(&path)).map_err(|e| io_err("stat", &path, &store.location, e))
     }
 
     pub fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
         let path = kind.path(name);
-        block_on(self.op.stat(&path)).map(|m| m.content_length()).map_err(|e| io_err("stat", &path, &self.location, e))
+        let store = self.store(kind);
+        self.retry(&path, || async { store.op.stat(&path).await.map(|m| m.content_length()) })
+            .map_err(|e| io_err("stat", &path, &store.location, e))
     }
 
+    /// Deletes an object; deleting one that is already gone succeeds. A pack
+    /// is deleted wherever it may be.
     pub fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
         let path = kind.path(name);
-        block_on(self.op.delete(&path)).map_err(|e| io_err("delete", &path, &self.location, e))
+        for store in std::iter::once(self.store(kind)).chain(self.other_store(kind)) {
+            self.retry(&path, || store.op.delete(&path)).map_err(|e| io_err("delete", &path, &store.location, e))?;
+        }
+        if let Some(f) = self.cache_file(kind, name) {
+            let _ = std::fs::remove_file(f);
+        }
+        Ok(())
     }
 
-    /// Names (not paths) and sizes of every object of `kind`.
+    /// Names (not paths) and sizes of every object of `kind`; for packs,
+    /// those in both locations.
     pub fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        let stores: Vec<&Store> = if kind.is_pack() {
+            std::iter::once(&self.hot).chain(self.cold.as_ref()).collect()
+        } else {
+            vec![self.store(kind)]
+        };
+        for store in stores {
+            out.extend(self.list_store(store, kind)?);
+        }
+        if matches!(kind, FileKind::Index | FileKind::Snapshot) {
+            self.trim_cache(kind, &out);
+        }
+        Ok(out)
+    }
+
+    fn list_store(&self, store: &Store, kind: FileKind) -> Result<Vec<(String, u64)>> {
         let dir = kind.dir();
-        let entries = block_on(async { self.op.list_with(dir).recursive(true).await })
-            .map_err(|e| io_err("list", dir, &self.location, e))?;
+        let entries = self
+            .retry(dir, || async { store.op.list_with(dir).recursive(true).await })
+            .map_err(|e| io_err("list", dir, &store.location, e))?;
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
             if e.metadata().is_dir() {
@@ -229,6 +489,85 @@ impl Backend {
             }
         }
         Ok(out)
+    }
+
+    /// When each pack was last written, for prune's grace period. Stores
+    /// that do not report it in listings are asked per object.
+    pub fn pack_times(&self) -> Result<std::collections::HashMap<String, chrono::DateTime<chrono::Utc>>> {
+        let mut out = std::collections::HashMap::new();
+        for store in std::iter::once(&self.hot).chain(self.cold.as_ref()) {
+            let entries = self
+                .retry("data/", || async { store.op.list_with("data/").recursive(true).await })
+                .map_err(|e| io_err("list", "data/", &store.location, e))?;
+            for e in entries {
+                if e.metadata().is_dir() || e.name().len() != 64 {
+                    continue;
+                }
+                let modified = match e.metadata().last_modified() {
+                    Some(t) => Some(t),
+                    None => self
+                        .retry(e.path(), || store.op.stat(e.path()))
+                        .map_err(|err| io_err("stat", e.path(), &store.location, err))?
+                        .last_modified(),
+                };
+                if let Some(t) = modified {
+                    let t = t.into_inner();
+                    if let Some(t) = chrono::DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond() as u32) {
+                        out.insert(e.name().to_string(), t);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- metadata cache ----
+
+    fn cache_file(&self, kind: FileKind, name: &str) -> Option<PathBuf> {
+        let dir = self.cache.as_ref()?;
+        match kind {
+            FileKind::Index | FileKind::Snapshot => Some(dir.join(kind.dir()).join(name)),
+            _ => None,
+        }
+    }
+
+    fn cached(&self, kind: FileKind, name: &str) -> Option<bytes::Bytes> {
+        let file = self.cache_file(kind, name)?;
+        let bytes = std::fs::read(&file).ok()?;
+        if Id::of_stored(&bytes).to_hex() == name {
+            return Some(bytes.into());
+        }
+        tracing::warn!("cached {} does not match its name; fetching it again", file.display());
+        let _ = std::fs::remove_file(&file);
+        None
+    }
+
+    /// Best effort: a cache that cannot be written only costs speed.
+    fn fill_cache(&self, kind: FileKind, name: &str, bytes: &[u8]) {
+        let Some(file) = self.cache_file(kind, name) else { return };
+        if Id::of_stored(bytes).to_hex() != name {
+            return;
+        }
+        let dir = file.parent().expect("cache files live in a directory");
+        let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+        let r = std::fs::create_dir_all(dir)
+            .and_then(|_| std::fs::write(&tmp, bytes))
+            .and_then(|_| std::fs::rename(&tmp, &file));
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::debug!("cannot cache {}: {e}", file.display());
+        }
+    }
+
+    fn trim_cache(&self, kind: FileKind, listed: &[(String, u64)]) {
+        let Some(dir) = self.cache.as_ref().map(|d| d.join(kind.dir())) else { return };
+        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        let keep: std::collections::HashSet<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+        for e in entries.flatten() {
+            if !keep.contains(e.file_name().to_string_lossy().as_ref()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 }
 

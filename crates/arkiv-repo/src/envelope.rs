@@ -21,6 +21,7 @@ pub enum EnvelopeKind {
     Config = 1,
     Index = 2,
     Snapshot = 3,
+    Deletion = 4,
 }
 
 impl EnvelopeKind {
@@ -29,6 +30,7 @@ impl EnvelopeKind {
             EnvelopeKind::Config => "config",
             EnvelopeKind::Index => "index",
             EnvelopeKind::Snapshot => "snapshot",
+            EnvelopeKind::Deletion => "deletion record",
         }
     }
 }

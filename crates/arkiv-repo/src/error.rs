@@ -45,6 +45,9 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    #[error("{location}: {operation} refused: this key slot is append-only")]
+    AppendOnly { location: String, operation: String },
+
     #[error("key slot {slot}: {reason}")]
     KeySlot { slot: String, reason: String },
 }

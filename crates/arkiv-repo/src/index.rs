@@ -199,6 +199,13 @@ impl Index {
         slice.binary_search_by(|e| e.id.cmp(&id.0)).ok().map(|i| &slice[i])
     }
 
+    /// Where `id` sits in the sorted entries: a dense number per blob, for
+    /// bitmaps (prune marks used blobs with one bit each).
+    pub fn position(&self, id: &Id) -> Option<usize> {
+        let e = self.find(id)?;
+        Some((e as *const Entry as usize - self.entries.as_ptr() as usize) / std::mem::size_of::<Entry>())
+    }
+
     pub fn contains(&self, id: &Id) -> bool {
         self.find(id).is_some()
     }

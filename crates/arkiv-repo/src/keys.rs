@@ -107,8 +107,23 @@ pub struct KeySlot {
     pub kdf: Kdf,
     /// Base64 of the 12-byte AES-GCM nonce.
     pub nonce: String,
-    /// Base64 of AES-256-GCM(KEK, nonce, master key, aad = repository id).
+    /// Base64 of AES-256-GCM(KEK, nonce, master key, aad = repository id,
+    /// followed by `append-only` for an append-only slot).
     pub wrapped: String,
+    /// The slot may add snapshots but not forget, prune or manage keys.
+    /// Bound into the wrapping's associated data: flipping it in the file
+    /// makes the slot fail to open rather than gain rights.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub append_only: bool,
+}
+
+/// Associated data of a slot's wrapped key.
+fn slot_aad(repository: &Id, append_only: bool) -> Vec<u8> {
+    let mut aad = repository.0.to_vec();
+    if append_only {
+        aad.extend_from_slice(b"append-only");
+    }
+    aad
 }
 
 fn b64(b: &[u8]) -> String {
@@ -147,6 +162,17 @@ fn argon2_kek(password: &str, salt: &[u8], p: KdfParams, slot: &str) -> Result<Z
 impl KeySlot {
     /// Wraps `master` for `cred`.
     pub fn create(master: &MasterKey, repository: Id, cred: &Credential, params: KdfParams) -> Result<KeySlot> {
+        KeySlot::create_with(master, repository, cred, params, false)
+    }
+
+    /// Wraps `master` for `cred`, as an append-only slot if asked.
+    pub fn create_with(
+        master: &MasterKey,
+        repository: Id,
+        cred: &Credential,
+        params: KdfParams,
+        append_only: bool,
+    ) -> Result<KeySlot> {
         let salt = random_salt();
         let (kdf, kek) = match cred {
             Credential::Password(p) => {
@@ -161,7 +187,10 @@ impl KeySlot {
         let cipher = Aes256Gcm::new_from_slice(&kek[..]).expect("32-byte key");
         let master_bytes = Zeroizing::new(master.to_bytes());
         let wrapped = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &master_bytes[..], aad: &repository.0 })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload { msg: &master_bytes[..], aad: &slot_aad(&repository, append_only) },
+            )
             .expect("wrapping 96 bytes cannot fail");
         Ok(KeySlot {
             format: SLOT_FORMAT,
@@ -173,6 +202,7 @@ impl KeySlot {
             kdf,
             nonce: b64(&nonce),
             wrapped: b64(&wrapped),
+            append_only,
         })
     }
 
@@ -207,7 +237,10 @@ impl KeySlot {
         }
         let wrapped = unb64(slot, "wrapped", &self.wrapped)?;
         let cipher = Aes256Gcm::new_from_slice(&kek[..]).expect("32-byte key");
-        match cipher.decrypt(Nonce::from_slice(&nonce), Payload { msg: &wrapped, aad: &self.repository.0 }) {
+        match cipher.decrypt(
+            Nonce::from_slice(&nonce),
+            Payload { msg: &wrapped, aad: &slot_aad(&self.repository, self.append_only) },
+        ) {
             Ok(plain) => {
                 let plain = Zeroizing::new(plain);
                 MasterKey::from_bytes(&plain).map(Some).ok_or_else(|| Error::KeySlot {
@@ -262,5 +295,20 @@ mod tests {
         // A slot moved to another repository does not open.
         slot.repository = Id([2; 32]);
         assert!(slot.unwrap_key("s", &again).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_append_only_flag_cannot_be_flipped_in_the_file() {
+        let m = MasterKey::generate();
+        let cred = Credential::password("pw");
+        let mut slot = KeySlot::create_with(&m, Id([3; 32]), &cred, cheap(), true).unwrap();
+        assert!(String::from_utf8(slot.to_bytes()).unwrap().contains("\"append_only\": true"));
+        assert!(slot.unwrap_key("s", &cred).unwrap().is_some());
+        slot.append_only = false;
+        assert!(slot.unwrap_key("s", &cred).unwrap().is_none(), "a slot stripped of its flag must not open");
+        let mut full = KeySlot::create(&m, Id([3; 32]), &cred, cheap()).unwrap();
+        assert!(!String::from_utf8(full.to_bytes()).unwrap().contains("append_only"));
+        full.append_only = true;
+        assert!(full.unwrap_key("s", &cred).unwrap().is_none());
     }
 }

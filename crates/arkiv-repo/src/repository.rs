@@ -35,6 +35,9 @@ pub struct RepoConfig {
     pub compression: i32,
     /// Target pack size in bytes.
     pub pack_size: u32,
+    /// Data packs live in a second (cold) location; metadata stays here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub split_data: bool,
 }
 
 /// Options for `init`.
@@ -79,6 +82,8 @@ struct Inner {
     config: RepoConfig,
     /// The key slot this session opened with.
     slot: String,
+    /// That slot may only add.
+    append_only: bool,
 }
 
 /// An opened repository: keys and config are known. Cheap to clone.
@@ -109,6 +114,7 @@ impl Repository {
             chunker: opts.chunker,
             compression: opts.compression,
             pack_size: opts.pack_size,
+            split_data: backend.is_split(),
         };
         let slot = KeySlot::create(&key, config.id, cred, opts.kdf)?;
         let slot_bytes = slot.to_bytes();
@@ -118,7 +124,7 @@ impl Repository {
         backend.write(FileKind::Key, &slot_id, slot_bytes)?;
         let sealed = envelope::seal(&key, EnvelopeKind::Config, &serde_json::to_vec(&config).unwrap(), 3);
         backend.write(FileKind::Config, "config", sealed)?;
-        Ok(Repository(Arc::new(Inner { backend, key, config, slot: slot_id })))
+        Ok(Repository(Arc::new(Inner { backend, key, config, slot: slot_id, append_only: false })))
     }
 
     /// Opens an existing repository with a password or key file.
@@ -139,8 +145,21 @@ impl Repository {
         let mut problems = Vec::new();
         for (name, _) in &slots {
             match Self::try_slot(&backend, name, cred, &config_bytes) {
-                Ok(Some((key, config))) => {
-                    return Ok(Repository(Arc::new(Inner { backend, key, config, slot: name.clone() })));
+                Ok(Some((key, config, append_only))) => {
+                    match (config.split_data, backend.is_split()) {
+                        (true, false) => {
+                            return Err(Error::Invalid(format!(
+                                "{location} keeps its file data in a second location; name it with --data-repo"
+                            )))
+                        }
+                        (false, true) => {
+                            return Err(Error::Invalid(format!(
+                                "{location} keeps its data with its metadata; --data-repo does not apply to it"
+                            )))
+                        }
+                        _ => {}
+                    }
+                    return Ok(Repository(Arc::new(Inner { backend, key, config, slot: name.clone(), append_only })));
                 }
                 Ok(None) => {}
                 Err(e) => problems.push(e.to_string()),
@@ -161,7 +180,7 @@ impl Repository {
         name: &str,
         cred: &Credential,
         config_bytes: &[u8],
-    ) -> Result<Option<(MasterKey, RepoConfig)>> {
+    ) -> Result<Option<(MasterKey, RepoConfig, bool)>> {
         let slot = KeySlot::parse(name, &backend.read(FileKind::Key, name)?)?;
         let Some(key) = slot.unwrap_key(name, cred)? else {
             return Ok(None);
@@ -191,7 +210,7 @@ impl Repository {
             kdf: KdfParams::default(),
         };
         opts.validate().map_err(|e| Error::corrupt("config", e.to_string()))?;
-        Ok(Some((key, config)))
+        Ok(Some((key, config, slot.append_only)))
     }
 
     pub fn backend(&self) -> &Backend {
@@ -227,9 +246,33 @@ impl Repository {
         Ok(out)
     }
 
+    /// Whether this session opened with an append-only key slot.
+    pub fn is_append_only(&self) -> bool {
+        self.0.append_only
+    }
+
+    /// Refuses `operation` to an append-only session. Enforced here, in the
+    /// client: whoever holds the master key could bypass it with another
+    /// program; stores enforce it for real with their own permissions.
+    pub fn require_full_access(&self, operation: &str) -> Result<()> {
+        if self.0.append_only {
+            return Err(Error::AppendOnly { location: self.backend().location(), operation: operation.into() });
+        }
+        Ok(())
+    }
+
     /// Adds a slot wrapping the same master key; returns its id.
     pub fn add_key(&self, cred: &Credential, kdf: KdfParams) -> Result<String> {
-        let slot = KeySlot::create(&self.0.key, self.0.config.id, cred, kdf)?;
+        self.add_key_with(cred, kdf, false)
+    }
+
+    /// Adds a slot, append-only if asked. An append-only session may add
+    /// only append-only slots, or it could grant itself full access.
+    pub fn add_key_with(&self, cred: &Credential, kdf: KdfParams, append_only: bool) -> Result<String> {
+        if !append_only {
+            self.require_full_access("adding a full-access key")?;
+        }
+        let slot = KeySlot::create_with(&self.0.key, self.0.config.id, cred, kdf, append_only)?;
         let bytes = slot.to_bytes();
         let id = Id::of_stored(&bytes).to_hex();
         self.backend().write(FileKind::Key, &id, bytes)?;
@@ -239,6 +282,7 @@ impl Repository {
     /// Removes a slot by id or unique prefix. The slot in use and the last
     /// slot are refused, so a repository can never be locked out by this.
     pub fn remove_key(&self, prefix: &str, allow_current: bool) -> Result<String> {
+        self.require_full_access("removing a key")?;
         let slots = self.backend().list(FileKind::Key)?;
         let matching: Vec<_> = slots.iter().filter(|(n, _)| n.starts_with(prefix)).collect();
         let id = match matching.as_slice() {
@@ -270,7 +314,7 @@ impl Repository {
     // ---- snapshots ----
 
     /// Seals `payload` and writes it under the name of its stored bytes.
-    fn write_sealed(&self, kind: FileKind, env: EnvelopeKind, payload: &[u8], level: i32) -> Result<Id> {
+    pub(crate) fn write_sealed(&self, kind: FileKind, env: EnvelopeKind, payload: &[u8], level: i32) -> Result<Id> {
         let sealed = envelope::seal(self.key(), env, payload, level);
         let id = Id::of_stored(&sealed);
         self.backend().write(kind, &id.to_hex(), sealed)?;
@@ -279,7 +323,13 @@ impl Repository {
 
     /// Reads a sealed file, checks it against its name and opens it;
     /// returns how errors name it and its payload.
-    fn read_sealed(&self, kind: FileKind, env: EnvelopeKind, label: &str, id: &Id) -> Result<(String, Vec<u8>)> {
+    pub(crate) fn read_sealed(
+        &self,
+        kind: FileKind,
+        env: EnvelopeKind,
+        label: &str,
+        id: &Id,
+    ) -> Result<(String, Vec<u8>)> {
         let name = id.to_hex();
         let object = format!("{label} {name}");
         let bytes = self.backend().read(kind, &name)?;
@@ -301,6 +351,7 @@ impl Repository {
     }
 
     pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
+        self.require_full_access("deleting a snapshot")?;
         self.backend().delete(FileKind::Snapshot, &id.to_hex())
     }
 
@@ -407,8 +458,28 @@ impl Repository {
             index = load(&superseded)?.0;
         }
         index.finish();
+        let mut pending = Index::new();
+        match self.list_deletion_records() {
+            Ok(records) => {
+                for p in records.iter().flat_map(|(_, r)| &r.packs) {
+                    pending.add_pack(p.id, p.salt, &p.entries);
+                }
+            }
+            // Only a fallback for reads: a damaged record must not stop
+            // backups (prune and check report it).
+            Err(e) => tracing::warn!("ignoring deletion records: {e}"),
+        }
+        pending.finish();
         release_free_memory();
-        Ok(Indexed { repo: self, index: Arc::new(index) })
+        Ok(Indexed { repo: self, index: Arc::new(index), pending: Arc::new(pending) })
+    }
+}
+
+/// Where packs holding blobs of `t` are stored.
+pub(crate) fn pack_kind_of(t: BlobType) -> FileKind {
+    match t {
+        BlobType::Data => FileKind::DataPack,
+        BlobType::Tree => FileKind::Pack,
     }
 }
 
@@ -429,13 +500,23 @@ pub fn release_free_memory() {
 pub struct Indexed {
     repo: Repository,
     index: Arc<Index>,
+    /// Blobs in packs awaiting deletion by prune. Readable, so a snapshot
+    /// that came to need one (a backup running across a prune) restores
+    /// before the next prune puts its pack back; never used to deduplicate,
+    /// or a backup could come to rely on a pack about to be deleted.
+    pending: Arc<Index>,
 }
 
 impl Indexed {
     /// An indexed state from an index built elsewhere (check builds its
     /// own, tolerating damaged index files).
     pub fn from_parts(repo: Repository, index: Index) -> Indexed {
-        Indexed { repo, index: Arc::new(index) }
+        Indexed { repo, index: Arc::new(index), pending: Arc::new(Index::new()) }
+    }
+
+    /// Where a blob is, in the index or else among packs awaiting deletion.
+    pub fn locate(&self, id: &Id) -> Option<BlobLocation> {
+        self.index.get(id).or_else(|| self.pending.get(id))
     }
 
     pub fn repo(&self) -> &Repository {
@@ -448,20 +529,24 @@ impl Indexed {
 
     /// Reads, decrypts, decompresses and verifies one blob.
     pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
-        let loc = self.index.get(id).ok_or(Error::BlobNotFound(*id))?;
+        let loc = self.locate(id).ok_or(Error::BlobNotFound(*id))?;
         self.read_located(&loc)
     }
 
     pub fn read_located(&self, loc: &BlobLocation) -> Result<Vec<u8>> {
         let name = loc.pack.id.to_hex();
-        let ct =
-            self.repo.backend().read_range(FileKind::Pack, &name, loc.entry.offset as u64, loc.entry.length as u64)?;
+        let ct = self.repo.backend().read_range(
+            pack_kind_of(loc.entry.blob_type),
+            &name,
+            loc.entry.offset as u64,
+            loc.entry.length as u64,
+        )?;
         let cipher = self.repo.key().pack_cipher(&loc.pack.salt);
         pack::open_blob(self.repo.key(), &cipher, &loc.entry, &ct, &name)
     }
 
     pub fn load_tree(&self, id: &Id) -> Result<Tree> {
-        let loc = self.index.get(id).ok_or(Error::BlobNotFound(*id))?;
+        let loc = self.locate(id).ok_or(Error::BlobNotFound(*id))?;
         if loc.entry.blob_type != BlobType::Tree {
             return Err(Error::corrupt(format!("blob {id}"), "is not a tree"));
         }
@@ -514,7 +599,7 @@ impl Indexed {
     {
         let mut by_pack: std::collections::HashMap<Id, Vec<BlobLocation>> = std::collections::HashMap::new();
         for id in ids {
-            match self.index.get(id) {
+            match self.locate(id) {
                 Some(loc) => by_pack.entry(loc.pack.id).or_default().push(loc),
                 None => f(*id, Err(Error::BlobNotFound(*id))),
             }
@@ -548,9 +633,10 @@ impl Indexed {
                 runs.push((start, end, cur));
             }
         }
-        runs.into_par_iter().for_each(|(start, end, locs)| {
+        let read_run = |(start, end, locs): (u64, u64, Vec<BlobLocation>)| {
             let pack_name = locs[0].pack.id.to_hex();
-            match self.repo.backend().read_range(FileKind::Pack, &pack_name, start, end - start) {
+            match self.repo.backend().read_range(pack_kind_of(locs[0].entry.blob_type), &pack_name, start, end - start)
+            {
                 Ok(buf) => {
                     let cipher = self.repo.key().pack_cipher(&locs[0].pack.salt);
                     for l in &locs {
@@ -571,7 +657,22 @@ impl Indexed {
                     }
                 }
             }
-        });
+        };
+        if self.repo.backend().is_local() {
+            runs.into_par_iter().for_each(read_run);
+        } else {
+            // Remote reads wait on the network, not the CPU: more of them in
+            // flight than there are cores hides the round trips.
+            let threads = self.repo.backend().policy().uploads.max(1) * 2;
+            match rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("arkiv-read-{i}"))
+                .build()
+            {
+                Ok(pool) => pool.install(|| runs.into_par_iter().for_each(read_run)),
+                Err(_) => runs.into_par_iter().for_each(read_run),
+            }
+        }
         Ok(())
     }
 }

@@ -58,6 +58,10 @@ pub struct Snapshot {
     pub metadata: serde_json::Value,
     /// The arkiv version that wrote it.
     pub program: String,
+    /// For a copy made by `arkiv copy`: the id of the snapshot first taken
+    /// (in whichever repository), so copies of copies are recognised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<Id>,
 }
 
 impl Snapshot {
@@ -75,6 +79,7 @@ impl Snapshot {
             skipped: Vec::new(),
             metadata: serde_json::Value::Null,
             program: format!("arkiv {}", env!("CARGO_PKG_VERSION")),
+            original: None,
         }
     }
 
@@ -90,6 +95,14 @@ pub struct SnapshotEntry {
     pub id: Id,
     #[serde(flatten)]
     pub snapshot: Snapshot,
+}
+
+impl SnapshotEntry {
+    /// Which backup this is, whichever repository holds it: copies share
+    /// the identity of the snapshot they were made from.
+    pub fn identity(&self) -> Id {
+        self.snapshot.original.unwrap_or(self.id)
+    }
 }
 
 /// Narrows which snapshots `latest` and listings consider.

@@ -39,7 +39,6 @@ const INDEX_FLUSH_PACKS: usize = 64;
 /// Bytes of a stream read and cut before its chunks are processed in
 /// parallel.
 const STREAM_BATCH: usize = 4 << 20;
-const UPLOADERS: usize = 2;
 
 /// What a writer added.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -70,19 +69,24 @@ struct Shared {
     /// peak memory does not depend on how uploads and workers interleave.
     packs_alive: Mutex<usize>,
     pack_freed: Condvar,
+    max_packs_alive: usize,
 }
 
-/// At most this many 16 MiB-class pack buffers exist at once: one being
-/// filled per worker and one uploading per upload thread. Cannot deadlock:
-/// with two workers at most two tree and two data packers are ever open, so
-/// a worker that waits does so only while some pack is uploading.
-const MAX_PACKS_ALIVE: usize = 4;
+/// How many 16 MiB-class pack buffers may exist at once: one being filled
+/// per worker and one uploading per upload thread (at least two). Cannot
+/// deadlock: a worker blocks only when no packer of its blob type is free,
+/// and packers of one type never outnumber the workers, so with more room
+/// than workers a blocked worker always waits on a pack that is uploading.
+fn max_packs_alive(uploaders: usize) -> usize {
+    let workers = rayon::current_num_threads();
+    (workers + 2).max(workers + uploaders)
+}
 
 impl Shared {
     /// Waits for room for one more pack buffer.
     fn acquire_pack(&self) {
         let mut n = self.packs_alive.lock().unwrap();
-        while *n >= MAX_PACKS_ALIVE && !self.failed.load(Ordering::SeqCst) {
+        while *n >= self.max_packs_alive && !self.failed.load(Ordering::SeqCst) {
             n = self.pack_freed.wait(n).unwrap();
         }
         *n += 1;
@@ -117,6 +121,15 @@ impl Shared {
     }
 }
 
+/// Where a pack goes: packs hold one blob type each, and data packs may live
+/// in a separate (cold) location.
+pub(crate) fn pack_kind(entries: &[crate::pack::PackEntry]) -> FileKind {
+    match entries.first().map(|e| e.blob_type) {
+        Some(BlobType::Data) => FileKind::DataPack,
+        _ => FileKind::Pack,
+    }
+}
+
 fn upload_loop(shared: Arc<Shared>, rx: Receiver<FinishedPack>) {
     for pack in rx {
         if shared.failed.load(Ordering::SeqCst) {
@@ -125,7 +138,7 @@ fn upload_loop(shared: Arc<Shared>, rx: Receiver<FinishedPack>) {
             continue;
         }
         let len = pack.bytes.len() as u64;
-        let written = shared.repo.backend().write(FileKind::Pack, &pack.id.to_hex(), pack.bytes);
+        let written = shared.repo.backend().write(pack_kind(&pack.entries), &pack.id.to_hex(), pack.bytes);
         shared.release_pack();
         match written {
             Ok(()) => {
@@ -242,8 +255,19 @@ impl Writer {
         Writer::open(indexed)
     }
 
+    /// A writer that ignores the index: prune's repacking stores again
+    /// blobs the index already names (in the packs it is about to drop).
+    pub fn for_repack(indexed: &Indexed) -> Writer {
+        let mut w = Writer::open(indexed);
+        w.index = Arc::new(Index::new());
+        w
+    }
+
     fn open(indexed: &Indexed) -> Writer {
         let repo = indexed.repo().clone();
+        // Local disks gain nothing from more than two writers at a time;
+        // object stores hide latency behind more requests in flight.
+        let uploaders = if repo.backend().is_local() { 2 } else { repo.backend().policy().uploads.max(1) };
         let shared = Arc::new(Shared {
             repo: repo.clone(),
             pending: Mutex::new(Vec::new()),
@@ -251,10 +275,11 @@ impl Writer {
             failed: AtomicBool::new(false),
             packs_alive: Mutex::new(0),
             pack_freed: Condvar::new(),
+            max_packs_alive: max_packs_alive(uploaders),
             counters: Counters::default(),
         });
         let (tx, rx) = crossbeam_channel::bounded::<FinishedPack>(0);
-        let uploaders = (0..UPLOADERS)
+        let uploaders = (0..uploaders)
             .map(|i| {
                 let (s, r) = (shared.clone(), rx.clone());
                 std::thread::Builder::new()
@@ -297,7 +322,10 @@ impl Writer {
         Ok(id)
     }
 
-    fn save_with_id(&self, blob_type: BlobType, id: Id, data: &[u8]) -> Result<bool> {
+    /// Stores a blob whose id the caller already knows (it read the blob
+    /// from this repository, which verified the id); returns whether it was
+    /// new.
+    pub fn save_with_id(&self, blob_type: BlobType, id: Id, data: &[u8]) -> Result<bool> {
         self.check_failed()?;
         // Lengths and offsets are 32-bit in the format; a larger blob (only
         // a tree of a directory with millions of entries could be) is
@@ -438,7 +466,7 @@ impl Writer {
     fn discard_unindexed(&self) {
         let packs = std::mem::take(&mut *self.shared.pending.lock().unwrap());
         for p in packs {
-            if let Err(e) = self.shared.repo.backend().delete(FileKind::Pack, &p.id.to_hex()) {
+            if let Err(e) = self.shared.repo.backend().delete(pack_kind(&p.entries), &p.id.to_hex()) {
                 tracing::warn!("cannot remove unindexed pack {} after a failed backup: {e}", p.id);
             }
         }

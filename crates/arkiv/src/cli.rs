@@ -21,9 +21,27 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// Repository location (a directory path)
+    /// Repository location: a directory, or s3://BUCKET/PREFIX, gs://, azblob://, sftp://USER@HOST/PATH, webdav://, ftp://
     #[arg(short = 'r', long, env = "ARKIV_REPO", global = true)]
     pub repo: Option<String>,
+    /// Where file data lives when it is kept apart from metadata (a cold tier); same forms as --repo
+    #[arg(long, env = "ARKIV_DATA_REPO", global = true)]
+    pub data_repo: Option<String>,
+    /// Limit in seconds on each storage request (and on each step of a transfer)
+    #[arg(long, env = "ARKIV_TIMEOUT", global = true, default_value_t = 60)]
+    pub timeout: u64,
+    /// Retries of a storage request that failed for a temporary reason
+    #[arg(long, env = "ARKIV_RETRIES", global = true, default_value_t = 6)]
+    pub retries: u32,
+    /// Storage requests in flight at once, for object stores
+    #[arg(long, env = "ARKIV_CONNECTIONS", global = true, default_value_t = 8)]
+    pub connections: usize,
+    /// Directory for the local cache of a remote repository's metadata
+    #[arg(long, env = "ARKIV_CACHE_DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not cache a remote repository's metadata locally
+    #[arg(long, global = true)]
+    pub no_cache: bool,
     /// Read the password from this file (first line)
     #[arg(long, env = "ARKIV_PASSWORD_FILE", global = true)]
     pub password_file: Option<PathBuf>,
@@ -66,6 +84,125 @@ pub enum Command {
     Key(KeyCommand),
     /// Print a repository object, decrypted (for debugging)
     Cat(CatArgs),
+    /// Remove snapshots by retention policy (or by id)
+    Forget(ForgetArgs),
+    /// Delete data no snapshot needs, in two phases with a grace period
+    Prune(PruneCmd),
+    /// Copy snapshots into another repository (only what it lacks)
+    Copy(CopyArgs),
+    /// Compare two repositories' snapshots: what is missing where, how far behind
+    ReplicationStatus(ReplicationArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Forget these snapshots (ids or prefixes) instead of applying a policy
+    pub snapshots: Vec<String>,
+    /// Keep the N newest snapshots
+    #[arg(long)]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours
+    #[arg(long)]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days
+    #[arg(long)]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N ISO weeks
+    #[arg(long)]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N months
+    #[arg(long)]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N years
+    #[arg(long)]
+    pub keep_yearly: Option<u32>,
+    /// Keep every snapshot this close to the newest one (e.g. 30d, 1y6m, 12h)
+    #[arg(long)]
+    pub keep_within: Option<String>,
+    /// Keep every snapshot with this tag (repeatable)
+    #[arg(long = "keep-tag")]
+    pub keep_tags: Vec<String>,
+    /// Apply the policy separately to each group: any of host,source,paths,tags, or "" for one group
+    #[arg(long, default_value = "host,source,paths")]
+    pub group_by: String,
+    /// Show what would be kept and removed, and why; change nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Run prune afterwards
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub prune_opts: PruneArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PruneArgs {
+    /// How long unused data waits before deletion, so running backups can still use it (e.g. 24h, 2d)
+    #[arg(long, default_value = "24h")]
+    pub grace: String,
+    /// Delete unused data at once; only safe when nothing else writes to the repository
+    #[arg(long)]
+    pub instant: bool,
+    /// Unused space tolerated in partly used packs, in percent of used space, before they are repacked
+    #[arg(long, default_value = "5%")]
+    pub max_unused: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneCmd {
+    #[command(flatten)]
+    pub opts: PruneArgs,
+    /// Show what prune would delete and repack; change nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// Snapshots to copy (default: all that the destination lacks)
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub pair: RepoPair,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplicationArgs {
+    #[command(flatten)]
+    pub pair: RepoPair,
+}
+
+/// Two repositories, each with its own credentials; when a side's are not
+/// given, the global ones (--password-file, ARKIV_PASSWORD, --key-file) apply.
+#[derive(Args, Debug, Clone)]
+pub struct RepoPair {
+    /// Source (or first) repository; defaults to --repo
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Its data location, when kept apart
+    #[arg(long)]
+    pub from_data_repo: Option<String>,
+    /// Password file for --from
+    #[arg(long, env = "ARKIV_FROM_PASSWORD_FILE")]
+    pub from_password_file: Option<PathBuf>,
+    /// Key file for --from
+    #[arg(long, env = "ARKIV_FROM_KEY_FILE")]
+    pub from_key_file: Option<PathBuf>,
+    /// Destination (or second) repository
+    #[arg(long, required = true)]
+    pub to: String,
+    /// Its data location, when kept apart
+    #[arg(long)]
+    pub to_data_repo: Option<String>,
+    /// Password file for --to
+    #[arg(long, env = "ARKIV_TO_PASSWORD_FILE")]
+    pub to_password_file: Option<PathBuf>,
+    /// Key file for --to
+    #[arg(long, env = "ARKIV_TO_KEY_FILE")]
+    pub to_key_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -235,6 +372,9 @@ pub struct KeyAddArgs {
     /// Argon2id passes for the new password slot
     #[arg(long, default_value_t = 4)]
     pub argon2_iterations: u32,
+    /// The new slot may add snapshots but never forget, prune or manage keys
+    #[arg(long)]
+    pub append_only: bool,
 }
 
 #[derive(Args, Debug)]

@@ -3,7 +3,13 @@
 use std::io::IsTerminal;
 use std::path::Path;
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use anyhow::{bail, Context, Result};
+use arkiv_repo::backend::IoPolicy;
+use arkiv_repo::fault::FaultConfig;
+use arkiv_repo::location::{open_store, StoreOptions};
 use arkiv_repo::{Backend, Credential, Repository};
 
 use crate::cli::Global;
@@ -17,10 +23,59 @@ pub fn backend(g: &Global) -> Result<Backend> {
     let Some(repo) = &g.repo else {
         bail!("no repository given: use --repo or set ARKIV_REPO");
     };
-    if repo.contains("://") {
-        bail!("{repo}: only local repositories (a directory path) are supported by this build");
+    backend_at(g, repo, g.data_repo.as_deref())
+}
+
+/// How storage requests behave, from the global flags; `ARKIV_FAULTS`
+/// injects failures (for tests of flaky storage, never for real use).
+pub fn store_options(g: &Global) -> Result<StoreOptions> {
+    let faults = match std::env::var("ARKIV_FAULTS") {
+        Ok(spec) if !spec.is_empty() => {
+            tracing::warn!("ARKIV_FAULTS is set: injecting storage failures ({spec})");
+            Some(FaultConfig::parse(&spec).map_err(|e| anyhow::anyhow!("ARKIV_FAULTS: {e}"))?)
+        }
+        _ => None,
+    };
+    if g.timeout == 0 || g.connections == 0 {
+        bail!("--timeout and --connections must be at least 1");
     }
-    Ok(Backend::local(Path::new(repo))?)
+    let policy = IoPolicy {
+        retries: g.retries,
+        timeout: Duration::from_secs(g.timeout),
+        io_timeout: Duration::from_secs(g.timeout),
+        uploads: g.connections,
+        ..IoPolicy::default()
+    };
+    Ok(StoreOptions { policy, faults })
+}
+
+/// The backend for a repository at `repo`, with data packs at `data` if
+/// they are kept apart.
+pub fn backend_at(g: &Global, repo: &str, data: Option<&str>) -> Result<Backend> {
+    let opts = store_options(g)?;
+    let hot = open_store(repo, &opts)?;
+    let cold = data.map(|d| open_store(d, &opts)).transpose()?;
+    let remote = !hot.is_local();
+    let mut backend = Backend::new(hot, cold).with_policy(opts.policy);
+    if remote && !g.no_cache {
+        if let Some(dir) = cache_dir(g, repo) {
+            backend = backend.with_cache(dir);
+        }
+    }
+    Ok(backend)
+}
+
+/// `$ARKIV_CACHE_DIR`/--cache-dir, else `$XDG_CACHE_HOME/arkiv`, else
+/// `~/.cache/arkiv`; one directory per location.
+fn cache_dir(g: &Global, repo: &str) -> Option<PathBuf> {
+    let base = g.cache_dir.clone().or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|c| c.join("arkiv"))
+    })?;
+    let name = arkiv_repo::Id::of_stored(arkiv_repo::location::redact(repo).as_bytes()).to_hex();
+    Some(base.join(&name[..16]))
 }
 
 /// The password from --password-file, ARKIV_PASSWORD, or a prompt on a
@@ -60,13 +115,39 @@ pub fn credential(g: &Global) -> Result<Credential> {
     Ok(Credential::password(password(g, "repository password: ", false)?))
 }
 
+/// A side of a two-repository command: its own key or password file if
+/// given, else the global credential.
+pub fn credential_for(g: &Global, key_file: Option<&Path>, password_file: Option<&Path>) -> Result<Credential> {
+    if let Some(k) = key_file {
+        return Ok(Credential::from_key_file(k)?);
+    }
+    if let Some(f) = password_file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading password file {}", f.display()))?;
+        return Ok(Credential::password(first_line(&text)));
+    }
+    credential(g)
+}
+
+/// Opens a repository other than --repo.
+pub fn open_at(g: &Global, repo: &str, data: Option<&str>, cred: &Credential) -> Result<Repository> {
+    ensure_local_repository(repo)?;
+    Ok(Repository::open(backend_at(g, repo, data)?, cred)?)
+}
+
 /// Refuses a local location that holds no repository before the backend
 /// is built: building it creates the directory and its `tmp/`, which would
 /// leave litter at a mistyped path or inside an unrelated directory.
 fn ensure_repository(g: &Global) -> Result<()> {
-    let Some(repo) = g.repo.as_deref().filter(|r| !r.contains("://")) else {
-        return Ok(()); // `backend` says what is wrong
-    };
+    match g.repo.as_deref() {
+        Some(repo) => ensure_local_repository(repo),
+        None => Ok(()), // `backend` says what is wrong
+    }
+}
+
+fn ensure_local_repository(repo: &str) -> Result<()> {
+    if repo.contains("://") {
+        return Ok(());
+    }
     let path = Path::new(repo);
     match std::fs::metadata(path.join("config")) {
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {

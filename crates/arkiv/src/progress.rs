@@ -48,6 +48,17 @@ impl Ticker {
         Ticker { stop, handle: Some(handle), bar: Some(bar) }
     }
 
+    /// A spinner whose message the operation sets as it moves on.
+    pub fn new(g: &Global, label: &str) -> Ticker {
+        Ticker::start(g, &format!("{{spinner}} {{elapsed_precise}} {label}: {{msg}}"), |_| {})
+    }
+
+    pub fn set_message(&self, msg: &str) {
+        if let Some(b) = &self.bar {
+            b.set_message(msg.to_string());
+        }
+    }
+
     pub fn finish(mut self) {
         self.stop_now();
     }

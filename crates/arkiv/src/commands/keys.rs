@@ -62,8 +62,11 @@ pub fn run(g: &Global, k: KeyCommand) -> Result<ExitCode> {
             }
         }
         KeyCommand::Add(a) => {
+            if !a.append_only {
+                repo.require_full_access("adding a full-access key")?;
+            }
             let cred = new_credential(&a)?;
-            let id = repo.add_key(&cred, kdf(&a))?;
+            let id = repo.add_key_with(&cred, kdf(&a), a.append_only)?;
             report(g, "added", &id);
         }
         KeyCommand::Remove { id } => {
@@ -71,6 +74,7 @@ pub fn run(g: &Global, k: KeyCommand) -> Result<ExitCode> {
             report(g, "removed", &removed);
         }
         KeyCommand::Passwd(a) => {
+            repo.require_full_access("changing a key")?;
             let cred = new_credential(&a)?;
             let id = repo.add_key(&cred, kdf(&a))?;
             let old = repo.remove_key(repo.current_key(), true)?;

@@ -5,7 +5,9 @@ mod backup;
 mod browse;
 mod keys;
 mod maintenance;
+mod replicate;
 mod restore;
+mod retention;
 
 use std::process::ExitCode;
 
@@ -27,6 +29,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Stats(a) => maintenance::stats(g, a),
         Command::Key(k) => keys::run(g, k),
         Command::Cat(a) => maintenance::cat(g, a),
+        Command::Forget(a) => retention::forget(g, a),
+        Command::Prune(a) => retention::prune(g, a),
+        Command::Copy(a) => replicate::copy(g, a),
+        Command::ReplicationStatus(a) => replicate::status(g, a),
     }
 }
 

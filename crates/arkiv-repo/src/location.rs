@@ -1,0 +1,375 @@
+//! Repository locations: a path or a URL, turned into a storage [`Store`].
+//!
+//! Credentials never appear in a location: they come from each provider's
+//! standard environment variables and files (AWS_ACCESS_KEY_ID and
+//! ~/.aws/credentials, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_KEY,
+//! an SSH agent or key file), so a location can be logged, printed and put
+//! in a config file without leaking a secret.
+
+use std::collections::BTreeMap;
+
+use opendal::Operator;
+
+use crate::backend::{describe, IoPolicy, Store};
+use crate::error::{Error, Result};
+use crate::fault::{FaultConfig, FaultLayer};
+
+/// How to open stores beyond what the location says.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    pub policy: IoPolicy,
+    /// Injected failures, for tests of what a flaky backend does.
+    pub faults: Option<FaultConfig>,
+}
+
+/// The scheme of a location, as `arkiv` names backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Local,
+    S3,
+    Gcs,
+    Azblob,
+    Sftp,
+    Webdav,
+    Ftp,
+}
+
+/// A parsed location: scheme, the part after it and its query options.
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub scheme: Scheme,
+    /// Bucket, container or host (with user and port).
+    pub authority: String,
+    /// The path inside it, without leading or trailing slashes.
+    pub path: String,
+    pub options: BTreeMap<String, String>,
+    raw: String,
+}
+
+impl Location {
+    pub fn parse(spec: &str) -> Result<Location> {
+        let invalid = |why: &str| Error::Invalid(format!("repository location '{}': {why}", redact(spec)));
+        let Some((scheme, rest)) = spec.split_once("://") else {
+            if spec.is_empty() {
+                return Err(invalid("empty"));
+            }
+            return Ok(Location {
+                scheme: Scheme::Local,
+                authority: String::new(),
+                path: spec.to_string(),
+                options: BTreeMap::new(),
+                raw: spec.to_string(),
+            });
+        };
+        let scheme = match scheme.to_ascii_lowercase().as_str() {
+            "file" => Scheme::Local,
+            "s3" => Scheme::S3,
+            "gs" | "gcs" => Scheme::Gcs,
+            "azblob" | "az" => Scheme::Azblob,
+            "sftp" => Scheme::Sftp,
+            "webdav" | "webdavs" => Scheme::Webdav,
+            "ftp" | "ftps" => Scheme::Ftp,
+            other => {
+                return Err(invalid(&format!(
+                    "unknown scheme '{other}' (use a path, s3://, gs://, azblob://, sftp://, webdav(s):// or ftp://)"
+                )))
+            }
+        };
+        let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut options = BTreeMap::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').ok_or_else(|| invalid(&format!("option '{pair}' has no value")))?;
+            let v = percent_decode(v).ok_or_else(|| invalid(&format!("option '{k}' is not valid percent-encoding")))?;
+            options.insert(k.to_string(), v);
+        }
+        if scheme == Scheme::Local {
+            return Ok(Location {
+                scheme,
+                authority: String::new(),
+                path: main.to_string(),
+                options,
+                raw: spec.into(),
+            });
+        }
+        let (authority, path) = main.split_once('/').unwrap_or((main, ""));
+        if authority.is_empty() {
+            return Err(invalid("no bucket, container or host"));
+        }
+        if authority.contains(':') && authority.contains('@') && authority.split('@').next().unwrap().contains(':') {
+            return Err(invalid("passwords do not belong in a location; use the provider's environment variables"));
+        }
+        Ok(Location {
+            scheme,
+            authority: authority.to_string(),
+            path: path.trim_matches('/').to_string(),
+            options,
+            raw: spec.to_string(),
+        })
+    }
+
+    /// How messages name it: scheme, authority and path, no query.
+    pub fn display(&self) -> String {
+        redact(&self.raw)
+    }
+
+    fn take(&mut self, key: &str) -> Option<String> {
+        self.options.remove(key)
+    }
+
+    fn finish_options(&self) -> Result<()> {
+        match self.options.keys().next() {
+            None => Ok(()),
+            Some(k) => Err(Error::Invalid(format!("repository location '{}': unknown option '{k}'", self.display()))),
+        }
+    }
+}
+
+/// A location without its query (where options, never secrets, live, but
+/// which makes messages long) and without any password in it.
+pub fn redact(spec: &str) -> String {
+    let base = spec.split('?').next().unwrap_or(spec);
+    match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let (auth, path) = rest.split_once('/').map(|(a, p)| (a, Some(p))).unwrap_or((rest, None));
+            let auth = match auth.rsplit_once('@') {
+                Some((user, host)) => format!("{}@{host}", user.split(':').next().unwrap_or(user)),
+                None => auth.to_string(),
+            };
+            match path {
+                Some(p) => format!("{scheme}://{auth}/{p}"),
+                None => format!("{scheme}://{auth}"),
+            }
+        }
+        None => base.to_string(),
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Opens the store a location names.
+pub fn open_store(spec: &str, opts: &StoreOptions) -> Result<Store> {
+    // The HTTP client OpenDAL's services share; installed here rather than
+    // by a constructor before `main` (OpenDAL's auto-registration), which
+    // would run in every process that links this crate.
+    static HTTP: std::sync::Once = std::sync::Once::new();
+    HTTP.call_once(opendal::install_default);
+    let mut loc = Location::parse(spec)?;
+    let display = loc.display();
+    let bad = |e: opendal::Error| Error::Backend { op: "open", path: display.clone(), message: describe(&e) };
+    let root = format!("/{}", loc.path);
+    let op = match loc.scheme {
+        Scheme::Local => {
+            loc.finish_options()?;
+            if opts.faults.is_none() {
+                return Store::local(std::path::Path::new(&loc.path));
+            }
+            // Faults go around the local service too, so tests of flaky
+            // storage need no server.
+            let store = Store::local(std::path::Path::new(&loc.path))?;
+            let op = store.op().clone();
+            return Ok(Store::with_root(layered(op, opts, true), display, std::path::PathBuf::from(&loc.path)));
+        }
+        Scheme::S3 => {
+            let mut b = opendal::services::S3::default().bucket(&loc.authority).root(&root);
+            if let Some(e) = loc.take("endpoint") {
+                b = b.endpoint(&e);
+            }
+            // Most S3-compatible servers accept any region name; AWS itself
+            // needs the right one, from the option or AWS_REGION.
+            let region = loc
+                .take("region")
+                .or_else(|| env("AWS_REGION"))
+                .or_else(|| env("AWS_DEFAULT_REGION"))
+                .unwrap_or_else(|| "us-east-1".into());
+            b = b.region(&region);
+            if let Some(c) = loc.take("storage_class") {
+                b = b.default_storage_class(&c);
+            }
+            if let Some(p) = loc.take("profile") {
+                b = b.profile(&p);
+            }
+            if loc.take("virtual_host").as_deref() == Some("true") {
+                b = b.enable_virtual_host_style();
+            }
+            loc.finish_options()?;
+            Operator::new(b).map_err(bad)?
+        }
+        Scheme::Gcs => {
+            let mut b = opendal::services::Gcs::default().bucket(&loc.authority).root(&root);
+            if let Some(e) = loc.take("endpoint") {
+                b = b.endpoint(&e);
+            }
+            if let Some(c) = loc.take("storage_class") {
+                b = b.default_storage_class(&c);
+            }
+            if let Some(p) = loc.take("credential_path").or_else(|| env("GOOGLE_APPLICATION_CREDENTIALS")) {
+                b = b.credential_path(&p);
+            }
+            loc.finish_options()?;
+            Operator::new(b).map_err(bad)?
+        }
+        Scheme::Azblob => {
+            let mut b = opendal::services::Azblob::default().container(&loc.authority).root(&root);
+            let account = loc.take("account").or_else(|| env("AZURE_STORAGE_ACCOUNT"));
+            let endpoint =
+                loc.take("endpoint").or_else(|| account.as_ref().map(|a| format!("https://{a}.blob.core.windows.net")));
+            match endpoint {
+                Some(e) => b = b.endpoint(&e),
+                None => {
+                    return Err(Error::Invalid(format!(
+                        "{display}: no storage account: set AZURE_STORAGE_ACCOUNT or add ?account=NAME"
+                    )))
+                }
+            }
+            if let Some(a) = &account {
+                b = b.account_name(a);
+            }
+            if let Some(k) = env("AZURE_STORAGE_KEY") {
+                b = b.account_key(&k);
+            }
+            if let Some(t) = env("AZURE_STORAGE_SAS_TOKEN") {
+                b = b.sas_token(&t);
+            }
+            loc.finish_options()?;
+            Operator::new(b).map_err(bad)?
+        }
+        Scheme::Sftp => {
+            let (user, host) = match loc.authority.rsplit_once('@') {
+                Some((u, h)) => (Some(u.to_string()), h.to_string()),
+                None => (None, loc.authority.clone()),
+            };
+            let mut b = opendal::services::Sftp::default().endpoint(&format!("ssh://{host}")).root(&root);
+            if let Some(u) = &user {
+                b = b.user(u);
+            }
+            if let Some(k) = loc.take("key") {
+                b = b.key(&k);
+            }
+            let strategy = loc.take("known_hosts").unwrap_or_else(|| "strict".into());
+            if !matches!(strategy.as_str(), "strict" | "accept" | "add") {
+                return Err(Error::Invalid(format!("{display}: known_hosts must be strict, accept or add")));
+            }
+            b = b.known_hosts_strategy(&strategy);
+            loc.finish_options()?;
+            Operator::new(b).map_err(bad)?
+        }
+        Scheme::Webdav => {
+            let tls = spec.to_ascii_lowercase().starts_with("webdavs://");
+            let mut b = opendal::services::Webdav::default()
+                .endpoint(&format!("{}://{}", if tls { "https" } else { "http" }, loc.authority))
+                .root(&root);
+            if let Some(u) = env("ARKIV_WEBDAV_USER") {
+                b = b.username(&u);
+            }
+            if let Some(p) = env("ARKIV_WEBDAV_PASSWORD") {
+                b = b.password(&p);
+            }
+            loc.finish_options()?;
+            Operator::new(b).map_err(bad)?
+        }
+        Scheme::Ftp => {
+            let (user, host) = match loc.authority.rsplit_once('@') {
+                Some((u, h)) => (Some(u.to_string()), h.to_string()),
+                None => (None, loc.authority.clone()),
+            };
+            let tls = spec.to_ascii_lowercase().starts_with("ftps://");
+            let mut b = opendal::services::Ftp::default()
+                .endpoint(&format!("{}://{host}", if tls { "ftps" } else { "ftp" }))
+                .root(&root);
+            if let Some(u) = &user {
+                b = b.user(u);
+            }
+            if let Some(p) = env("ARKIV_FTP_PASSWORD") {
+                b = b.password(&p);
+            }
+            loc.finish_options()?;
+            Operator::new(b).map_err(bad)?
+        }
+    };
+    Ok(Store::remote(layered(op, opts, false), display))
+}
+
+/// Faults innermost, so the timeout limits injected hangs as it would a
+/// real one; retries are the backend's own, around everything.
+fn layered(op: Operator, opts: &StoreOptions, local: bool) -> Operator {
+    let op = match &opts.faults {
+        Some(f) => op.layer(FaultLayer::new(f.clone())),
+        None => op,
+    };
+    if local && opts.faults.is_none() {
+        return op;
+    }
+    op.layer(
+        opendal::layers::TimeoutLayer::new().with_timeout(opts.policy.timeout).with_io_timeout(opts.policy.io_timeout),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_into_scheme_authority_path_and_options() {
+        let l =
+            Location::parse("s3://bucket/some/prefix/?endpoint=http%3A%2F%2F127.0.0.1%3A3900&region=garage").unwrap();
+        assert_eq!(l.scheme, Scheme::S3);
+        assert_eq!(l.authority, "bucket");
+        assert_eq!(l.path, "some/prefix");
+        assert_eq!(l.options["endpoint"], "http://127.0.0.1:3900");
+        assert_eq!(l.display(), "s3://bucket/some/prefix/");
+        assert_eq!(Location::parse("/var/backups").unwrap().scheme, Scheme::Local);
+        assert_eq!(Location::parse("file:///var/backups").unwrap().path, "/var/backups");
+        assert_eq!(Location::parse("sftp://backup@host:2222/srv/repo").unwrap().authority, "backup@host:2222");
+    }
+
+    #[test]
+    fn bad_locations_are_refused_with_the_reason() {
+        let err = |s: &str| Location::parse(s).unwrap_err().to_string();
+        assert!(err("nfs://x/y").contains("unknown scheme 'nfs'"));
+        assert!(err("s3:///prefix").contains("no bucket"));
+        assert!(err("s3://b/p?endpoint").contains("has no value"));
+        let e = err("sftp://user:hunter2@host/repo");
+        assert!(e.contains("passwords do not belong") && !e.contains("hunter2"), "{e}");
+        let e = open_store("s3://b/p?endpiont=http://x", &StoreOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("unknown option 'endpiont'"), "{e}");
+    }
+
+    #[test]
+    fn redaction_drops_query_and_passwords() {
+        assert_eq!(redact("s3://b/p?endpoint=http://x"), "s3://b/p");
+        assert_eq!(redact("ftp://u:secret@host/p"), "ftp://u@host/p");
+        assert_eq!(redact("/plain/path"), "/plain/path");
+    }
+
+    #[test]
+    fn every_remote_scheme_builds_an_operator_offline() {
+        // Building an operator validates its configuration without a request.
+        let opts = StoreOptions::default();
+        open_store("s3://bucket/p?endpoint=http://127.0.0.1:9&region=x&storage_class=STANDARD_IA", &opts).unwrap();
+        open_store("gs://bucket/p?endpoint=http://127.0.0.1:9", &opts).unwrap();
+        open_store("azblob://container/p?account=acct&endpoint=http://127.0.0.1:9", &opts).unwrap();
+        open_store("webdav://127.0.0.1:9/dav", &opts).unwrap();
+        open_store("ftp://user@127.0.0.1:9/p", &opts).unwrap();
+        let e = open_store("sftp://u@h/p?known_hosts=maybe", &opts).unwrap_err().to_string();
+        assert!(e.contains("known_hosts"), "{e}");
+    }
+}
