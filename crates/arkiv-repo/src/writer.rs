@@ -34,8 +34,11 @@ use crate::tree::Tree;
 
 /// Index entries are flushed to an index file after this many packs, so an
 /// interrupted long backup keeps what it uploaded: the re-run finds those
-/// blobs in the index and does not upload them again.
-const INDEX_FLUSH_PACKS: usize = 64;
+/// blobs in the index and does not upload them again. Object stores fail
+/// mid-backup more often (outages, expired credentials) and cost more to
+/// upload to again, so they flush sooner.
+const INDEX_FLUSH_PACKS_LOCAL: usize = 64;
+const INDEX_FLUSH_PACKS_REMOTE: usize = 8;
 /// Bytes of a stream read and cut before its chunks are processed in
 /// parallel.
 const STREAM_BATCH: usize = 4 << 20;
@@ -70,6 +73,7 @@ struct Shared {
     packs_alive: Mutex<usize>,
     pack_freed: Condvar,
     max_packs_alive: usize,
+    index_flush_packs: usize,
 }
 
 /// How many 16 MiB-class pack buffers may exist at once: one being filled
@@ -115,9 +119,18 @@ impl Shared {
             }
             std::mem::take(&mut *p)
         };
-        self.repo.save_index_file(&IndexFile { supersedes: vec![], packs })?;
-        self.counters.index_files.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        let file = IndexFile { supersedes: vec![], packs };
+        match self.repo.save_index_file(&file) {
+            Ok(_) => {
+                self.counters.index_files.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                // Still unindexed: whoever cleans up must know them.
+                self.pending.lock().unwrap().extend(file.packs);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -149,7 +162,7 @@ fn upload_loop(shared: Arc<Shared>, rx: Receiver<FinishedPack>) {
                     salt: pack.salt,
                     entries: pack.entries,
                 });
-                if let Err(e) = shared.write_pending_index(INDEX_FLUSH_PACKS) {
+                if let Err(e) = shared.write_pending_index(shared.index_flush_packs) {
                     shared.fail(e);
                 }
             }
@@ -276,6 +289,11 @@ impl Writer {
             packs_alive: Mutex::new(0),
             pack_freed: Condvar::new(),
             max_packs_alive: max_packs_alive(uploaders),
+            index_flush_packs: if repo.backend().is_local() {
+                INDEX_FLUSH_PACKS_LOCAL
+            } else {
+                INDEX_FLUSH_PACKS_REMOTE
+            },
             counters: Counters::default(),
         });
         let (tx, rx) = crossbeam_channel::bounded::<FinishedPack>(0);
@@ -448,7 +466,7 @@ impl Writer {
             }
         }
         if let Some(e) = self.shared.failure.lock().unwrap().take() {
-            self.discard_unindexed();
+            self.keep_or_discard_uploaded();
             return Err(e);
         }
         if !self.dry_run {
@@ -459,10 +477,26 @@ impl Writer {
 }
 
 impl Writer {
+    /// After a failure: the packs that did land are indexed, so the re-run
+    /// of an interrupted backup uploads only what is missing. When even
+    /// that small write fails (a full disk, a store still down) they are
+    /// deleted instead, best effort, so a full disk does not stay full.
+    fn keep_or_discard_uploaded(&self) {
+        if self.dry_run {
+            return;
+        }
+        match self.shared.write_pending_index(0) {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::debug!("cannot index the packs of a failed backup: {e}");
+                self.discard_unindexed();
+            }
+        }
+    }
+
     /// Deletes the packs this session uploaded but no index names yet.
     /// Nothing can refer to them — other sessions deduplicate only against
-    /// written index files — so a failed backup (a full disk above all)
-    /// leaves no space taken behind it.
+    /// written index files.
     fn discard_unindexed(&self) {
         let packs = std::mem::take(&mut *self.shared.pending.lock().unwrap());
         for p in packs {
@@ -484,6 +518,6 @@ impl Drop for Writer {
         for h in self.uploaders.drain(..) {
             let _ = h.join();
         }
-        self.discard_unindexed();
+        self.keep_or_discard_uploaded();
     }
 }
