@@ -114,6 +114,10 @@ pub struct Store {
     location: String,
     /// The directory of a local store (for `tmp/` and directory fsync).
     local_root: Option<PathBuf>,
+    /// Write under a temporary name and rename into place: for servers
+    /// (SFTP, FTP, WebDAV) that would otherwise leave a cut-off upload
+    /// under its final, content-derived name.
+    rename_writes: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -140,19 +144,25 @@ impl Store {
             path: root.clone(),
             message: describe(&e),
         })?;
-        Ok(Store { op, location: root, local_root: Some(abs) })
+        Ok(Store { op, location: root, local_root: Some(abs), rename_writes: false })
     }
 
     /// Any OpenDAL operator; `location` is how errors and listings name it.
     pub fn remote(op: Operator, location: impl Into<String>) -> Store {
-        Store { op, location: location.into(), local_root: None }
+        Store { op, location: location.into(), local_root: None, rename_writes: false }
+    }
+
+    /// See `rename_writes`.
+    pub fn with_rename_writes(mut self) -> Store {
+        self.rename_writes = true;
+        self
     }
 
     /// A local directory reached through `op` (with layers around the fs
     /// service): `root` is still known for `tmp/` and directory fsync.
     pub(crate) fn with_root(op: Operator, location: impl Into<String>, root: PathBuf) -> Store {
         let root = if root.is_absolute() { root } else { std::env::current_dir().unwrap_or_default().join(root) };
-        Store { op, location: location.into(), local_root: Some(root) }
+        Store { op, location: location.into(), local_root: Some(root), rename_writes: false }
     }
 
     pub(crate) fn op(&self) -> &Operator {
@@ -365,13 +375,23 @@ impl Backend {
         // Not `Operator::write`: it leaves the temporary file of a failed
         // local write behind, so a full disk would stay full. Abort removes it.
         self.retry(&path, || async {
-            let mut w = store.op.writer(&path).await?;
-            let r = match w.write(data.clone()).await {
+            let target =
+                if store.rename_writes { format!("tmp/{name}.{:016x}", rand::random::<u64>()) } else { path.clone() };
+            let mut w = store.op.writer(&target).await?;
+            let mut r = match w.write(data.clone()).await {
                 Ok(()) => w.close().await.map(|_| ()),
                 Err(e) => Err(e),
             };
             if r.is_err() {
                 let _ = w.abort().await;
+            }
+            if store.rename_writes {
+                if r.is_ok() {
+                    r = store.op.rename(&target, &path).await;
+                }
+                if r.is_err() {
+                    let _ = store.op.delete(&target).await;
+                }
             }
             r
         })

@@ -305,7 +305,11 @@ pub fn open_store(spec: &str, opts: &StoreOptions) -> Result<Store> {
             Operator::new(b).map_err(bad)?
         }
     };
-    Ok(Store::remote(layered(op, opts, false), display))
+    let store = Store::remote(layered(op, opts, false), display);
+    Ok(match loc.scheme {
+        Scheme::Sftp | Scheme::Ftp | Scheme::Webdav => store.with_rename_writes(),
+        _ => store,
+    })
 }
 
 /// Faults innermost, so the timeout limits injected hangs as it would a

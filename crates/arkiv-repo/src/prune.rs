@@ -158,8 +158,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &dyn Fn(&str)) ->
 
     progress("reading index");
     let mut index_ids = Vec::new();
-    let mut active: Vec<IndexedPack> = Vec::new();
-    let mut seen_packs = HashSet::new();
+    let mut files = Vec::new();
     for (name, _) in repo.backend().list(FileKind::Index)? {
         let id: Id = name.parse().map_err(|_| Error::corrupt(&name, "bad index file name"))?;
         // A damaged index file hides which packs hold what: pruning then
@@ -168,8 +167,18 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &dyn Fn(&str)) ->
             .load_index_file(&id)
             .map_err(|e| Error::Invalid(format!("{e}; prune changed nothing (run `arkiv check` to see the damage)")))?;
         index_ids.push(id);
-        // A pack named twice (a rewrite cut short) counts once.
-        active.extend(file.packs.into_iter().filter(|p| seen_packs.insert(p.id)));
+        files.push((id, file));
+    }
+    // Files another one supersedes (written by older versions) describe
+    // packs that may be gone; they are removed with the rest.
+    let superseded: HashSet<Id> = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
+    let mut active: Vec<IndexedPack> = Vec::new();
+    let mut seen_packs = HashSet::new();
+    for (id, file) in files {
+        if !superseded.contains(&id) {
+            // A pack named twice (a rewrite cut short) counts once.
+            active.extend(file.packs.into_iter().filter(|p| seen_packs.insert(p.id)));
+        }
     }
     let records = repo.list_deletion_records()?;
     let pending: HashSet<Id> = records.iter().flat_map(|(_, r)| r.packs.iter().map(|p| p.id)).collect();

@@ -373,11 +373,29 @@ impl Repository {
             match r {
                 Ok(e) => out.push(e),
                 Err(e @ Error::Corrupt { .. }) => tracing::warn!("skipping {e}"),
+                // Forgotten since it was listed (a forget running meanwhile).
+                Err(Error::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
         out.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
         Ok(out)
+    }
+
+    /// The id of the one snapshot whose name starts with `spec`, from the
+    /// listing alone (the snapshot itself is not read).
+    pub fn resolve_snapshot_id(&self, spec: &str) -> Result<Id> {
+        if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::SnapshotNotFound(spec.into()));
+        }
+        let spec_l = spec.to_ascii_lowercase();
+        let names: Vec<_> =
+            self.backend().list(FileKind::Snapshot)?.into_iter().filter(|(n, _)| n.starts_with(&spec_l)).collect();
+        match names.as_slice() {
+            [] => Err(Error::SnapshotNotFound(spec.into())),
+            [(n, _)] => n.parse().map_err(|_| Error::corrupt(n, "bad snapshot name")),
+            _ => Err(Error::AmbiguousSnapshot { prefix: spec.into(), count: names.len() }),
+        }
     }
 
     /// Resolves `latest`, a full id or a unique prefix.
@@ -419,6 +437,24 @@ impl Repository {
 
     /// Loads every index file (in parallel) and returns the indexed state.
     pub fn index(self) -> Result<Indexed> {
+        // Packs awaiting deletion stay out of the index even when an index
+        // file still names them (a prune cut short before removing the old
+        // files): a backup must never deduplicate against a pack that a
+        // later prune may delete.
+        let mut pending = Index::new();
+        let mut pending_packs = std::collections::HashSet::new();
+        match self.list_deletion_records() {
+            Ok(records) => {
+                for p in records.iter().flat_map(|(_, r)| &r.packs) {
+                    pending.add_pack(p.id, p.salt, &p.entries);
+                    pending_packs.insert(p.id);
+                }
+            }
+            // Only a fallback for reads: a damaged record must not stop
+            // backups (prune and check report it).
+            Err(e) => tracing::warn!("ignoring deletion records: {e}"),
+        }
+        pending.finish();
         let names = self.backend().list(FileKind::Index)?;
         let ids: Vec<Id> = names
             .iter()
@@ -437,8 +473,9 @@ impl Repository {
                 let files: Vec<Result<IndexFile>> = batch.par_iter().map(|id| self.load_index_file(id)).collect();
                 for f in files {
                     match f {
-                        Ok(f) => {
+                        Ok(mut f) => {
                             superseded.extend(f.supersedes.iter().copied());
+                            f.packs.retain(|p| !pending_packs.contains(&p.id));
                             index.add_file(f);
                         }
                         // A damaged index file costs only its entries: their
@@ -458,18 +495,6 @@ impl Repository {
             index = load(&superseded)?.0;
         }
         index.finish();
-        let mut pending = Index::new();
-        match self.list_deletion_records() {
-            Ok(records) => {
-                for p in records.iter().flat_map(|(_, r)| &r.packs) {
-                    pending.add_pack(p.id, p.salt, &p.entries);
-                }
-            }
-            // Only a fallback for reads: a damaged record must not stop
-            // backups (prune and check report it).
-            Err(e) => tracing::warn!("ignoring deletion records: {e}"),
-        }
-        pending.finish();
         release_free_memory();
         Ok(Indexed { repo: self, index: Arc::new(index), pending: Arc::new(pending) })
     }

@@ -58,7 +58,8 @@ impl KeepPolicy {
 
 /// Parses a `--keep-within` duration the way restic does: numbers each
 /// followed by a unit, e.g. "30d", "12h", "1y2m3d4h". Units are y (365 days),
-/// m (30 days; months, not minutes), w (7 days), d and h. Fixed-length years
+/// m (30 days; months, not minutes), w (7 days), d, h and s (seconds: short
+/// prune grace periods, for tests). Fixed-length years
 /// and months keep the cut-off a plain subtraction, independent of calendars.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let err = |why: String| format!("invalid duration '{s}': {why} (expected e.g. 30d, 12h or 1y2m3d4h)");
@@ -75,10 +76,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         if digits.is_empty() {
             return Err(err(format!("'{c}' has no number before it")));
         }
-        const UNITS: [(char, i64); 5] =
-            [('y', 365 * 86_400), ('m', 30 * 86_400), ('w', 7 * 86_400), ('d', 86_400), ('h', 3600)];
+        const UNITS: [(char, i64); 6] =
+            [('y', 365 * 86_400), ('m', 30 * 86_400), ('w', 7 * 86_400), ('d', 86_400), ('h', 3600), ('s', 1)];
         let Some(&(_, unit)) = UNITS.iter().find(|(u, _)| *u == c) else {
-            return Err(err(format!("unknown unit '{c}' (units are y, m, w, d, h)")));
+            return Err(err(format!("unknown unit '{c}' (units are y, m, w, d, h, s)")));
         };
         let n: i64 = digits.parse().map_err(|_| err(format!("{digits} is too large")))?;
         total = n

@@ -27,7 +27,7 @@ pub struct Global {
     /// Where file data lives when it is kept apart from metadata (a cold tier); same forms as --repo
     #[arg(long, env = "ARKIV_DATA_REPO", global = true)]
     pub data_repo: Option<String>,
-    /// Limit in seconds on each storage request (and on each step of a transfer)
+    /// Limit in seconds on each storage request without a body; a transfer step (one upload or read) gets five times as long
     #[arg(long, env = "ARKIV_TIMEOUT", global = true, default_value_t = 60)]
     pub timeout: u64,
     /// Retries of a storage request that failed for a temporary reason

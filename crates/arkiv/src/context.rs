@@ -37,12 +37,14 @@ pub fn store_options(g: &Global) -> Result<StoreOptions> {
         _ => None,
     };
     if g.timeout == 0 || g.connections == 0 {
-        bail!("--timeout and --connections must be at least 1");
+        return Err(crate::Usage("--timeout and --connections must be at least 1".into()).into());
     }
     let policy = IoPolicy {
         retries: g.retries,
         timeout: Duration::from_secs(g.timeout),
-        io_timeout: Duration::from_secs(g.timeout),
+        // A step of a transfer (one pack's upload) carries up to 64 MiB:
+        // it gets five times as long as a request without a body.
+        io_timeout: Duration::from_secs(g.timeout.saturating_mul(5)),
         uploads: g.connections,
         ..IoPolicy::default()
     };

@@ -340,7 +340,7 @@ pub fn restore(
         let mut off = 0u64;
         let mut all_indexed = true;
         for id in &item.node.content {
-            match indexed.index().get(id) {
+            match indexed.locate(id) {
                 Some(loc) => {
                     wanted.entry(*id).or_default().push((fi, off));
                     off += loc.entry.raw_length as u64;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use arkiv_repo::prune::{PruneOptions, PruneReport};
 use arkiv_repo::retention::{self, GroupBy, KeepPolicy};
 use arkiv_repo::Repository;
@@ -10,6 +10,7 @@ use arkiv_repo::Repository;
 use crate::cli::{ForgetArgs, Global, PruneArgs, PruneCmd};
 use crate::output;
 use crate::progress::Ticker;
+use crate::Usage;
 
 fn policy(a: &ForgetArgs) -> Result<KeepPolicy> {
     Ok(KeepPolicy {
@@ -24,7 +25,7 @@ fn policy(a: &ForgetArgs) -> Result<KeepPolicy> {
             .as_deref()
             .map(retention::parse_duration)
             .transpose()
-            .map_err(|e| anyhow::anyhow!("--keep-within: {e}"))?,
+            .map_err(|e| Usage(format!("--keep-within: {e}")))?,
         tags: a.keep_tags.clone(),
     })
 }
@@ -33,21 +34,26 @@ pub fn forget(g: &Global, a: ForgetArgs) -> Result<ExitCode> {
     let repo = crate::context::open(g)?;
     repo.require_full_access("forget")?;
     let policy = policy(&a)?;
-    let group_by = GroupBy::parse(&a.group_by).map_err(|e| anyhow::anyhow!("--group-by: {e}"))?;
+    let group_by = GroupBy::parse(&a.group_by).map_err(|e| Usage(format!("--group-by: {e}")))?;
     let filter = super::snapshot_filter(&a.filter);
 
     let (groups, remove): (Vec<retention::Group>, Vec<arkiv_repo::Id>) = if !a.snapshots.is_empty() {
         if !policy.is_empty() {
-            bail!("give snapshot ids or a --keep-* policy, not both");
+            return Err(Usage("give snapshot ids or a --keep-* policy, not both".into()).into());
         }
+        // By name only: a damaged snapshot, which cannot be loaded, can
+        // still be forgotten.
         let mut ids = Vec::new();
         for spec in &a.snapshots {
-            ids.push(repo.find_snapshot(spec, &filter)?.id);
+            ids.push(repo.resolve_snapshot_id(spec)?);
         }
         (Vec::new(), ids)
     } else {
         if policy.is_empty() {
-            bail!("no --keep-* rule given: forget would remove every snapshot; give a policy or snapshot ids");
+            return Err(Usage(
+                "no --keep-* rule given: forget would remove every snapshot; give a policy or snapshot ids".into(),
+            )
+            .into());
         }
         let snaps: Vec<_> = repo.list_snapshots()?.into_iter().filter(|e| filter.matches(&e.snapshot)).collect();
         let groups = retention::apply(&snaps, &policy, group_by);
@@ -111,14 +117,14 @@ fn options(a: &PruneArgs, dry_run: bool) -> Result<PruneOptions> {
     let grace = if a.instant {
         chrono::Duration::zero()
     } else {
-        retention::parse_duration(&a.grace).map_err(|e| anyhow::anyhow!("--grace: {e}"))?
+        retention::parse_duration(&a.grace).map_err(|e| Usage(format!("--grace: {e}")))?
     };
     let pct = a.max_unused.trim().trim_end_matches('%');
     let max_unused: f64 = pct
         .parse::<f64>()
         .ok()
         .filter(|v| v.is_finite() && *v >= 0.0)
-        .ok_or_else(|| anyhow::anyhow!("--max-unused: '{}' is not a percentage like 5%", a.max_unused))?;
+        .ok_or_else(|| Usage(format!("--max-unused: '{}' is not a percentage like 5%", a.max_unused)))?;
     Ok(PruneOptions { grace, max_unused: max_unused / 100.0, dry_run })
 }
 
