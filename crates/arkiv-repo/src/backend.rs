@@ -16,15 +16,19 @@ use opendal::{ErrorKind, Operator};
 use crate::error::{Error, Result};
 use crate::id::Id;
 
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+/// The IO runtime, behind a lock only so that [`shutdown`] can take it at
+/// the end of the process.
+fn runtime() -> &'static std::sync::RwLock<Option<tokio::runtime::Runtime>> {
+    static RT: OnceLock<std::sync::RwLock<Option<tokio::runtime::Runtime>>> = OnceLock::new();
     RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("arkiv-io")
-            .enable_all()
-            .build()
-            .expect("the IO runtime starts")
+        std::sync::RwLock::new(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("arkiv-io")
+                .enable_all()
+                .build()
+                .expect("the IO runtime starts"),
+        ))
     })
 }
 
@@ -32,8 +36,21 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 /// threads or rayon workers; from inside another tokio runtime use
 /// `spawn_blocking` first.
 pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    runtime().block_on(f)
+    let rt = runtime().read().unwrap_or_else(|e| e.into_inner());
+    rt.as_ref().expect("storage used after arkiv_repo::backend::shutdown").block_on(f)
 }
+
+/// Stops the IO runtime, dropping what its tasks hold. Call once at the end
+/// of a process, after every repository is dropped: SFTP sessions live in
+/// runtime tasks, and only dropping them ends their `ssh` master processes,
+/// which would otherwise outlive the process.
+pub fn shutdown() {
+    let rt = runtime().write().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(rt) = rt {
+        rt.shutdown_timeout(Duration::from_secs(5));
+    }
+}
+
 /// Kinds of stored object, each in its own directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {

@@ -44,19 +44,54 @@ fn same_chunking(src: &Indexed, dst: &Indexed) -> bool {
         && src.repo().chunker().split_all(&probe) == dst.repo().chunker().split_all(&probe)
 }
 
-/// Reads a file's content blob by blob, as one stream.
+/// Blobs fetched ahead of the reader: about 32 MiB at the average chunk size.
+const PREFETCH_BLOBS: usize = 32;
+
+/// Reads a file's content as one stream, fetching its blobs a window at a
+/// time with few, parallel requests rather than one request per chunk.
 struct BlobReader<'a> {
     src: &'a Indexed,
-    ids: std::slice::Iter<'a, Id>,
+    ids: &'a [Id],
+    next: usize,
+    window: std::collections::VecDeque<Vec<u8>>,
     buf: Vec<u8>,
     pos: usize,
+}
+
+impl BlobReader<'_> {
+    fn fill(&mut self) -> Result<()> {
+        let end = (self.next + PREFETCH_BLOBS).min(self.ids.len());
+        let wanted = &self.ids[self.next..end];
+        let got: std::sync::Mutex<HashMap<Id, Result<Vec<u8>>>> = Default::default();
+        self.src.for_each_blob(wanted, |id, r| {
+            got.lock().unwrap().insert(id, r);
+        })?;
+        let mut got = got.into_inner().unwrap();
+        for id in wanted {
+            // A blob repeated within the window was fetched once.
+            let data = match got.get(id) {
+                Some(Ok(d)) => d.clone(),
+                Some(Err(e)) => return Err(e.duplicate()),
+                None => return Err(Error::BlobNotFound(*id)),
+            };
+            self.window.push_back(data);
+        }
+        got.clear();
+        self.next = end;
+        Ok(())
+    }
 }
 
 impl Read for BlobReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.buf.len() {
-            let Some(id) = self.ids.next() else { return Ok(0) };
-            self.buf = self.src.read_blob(id).map_err(std::io::Error::other)?;
+            if self.window.is_empty() {
+                if self.next == self.ids.len() {
+                    return Ok(0);
+                }
+                self.fill().map_err(std::io::Error::other)?;
+            }
+            self.buf = self.window.pop_front().unwrap_or_default();
             self.pos = 0;
         }
         let n = out.len().min(self.buf.len() - self.pos);
@@ -109,7 +144,14 @@ impl Copier<'_> {
                     node.content = done.clone();
                     continue;
                 }
-                let reader = BlobReader { src: self.src, ids: node.content.iter(), buf: Vec::new(), pos: 0 };
+                let reader = BlobReader {
+                    src: self.src,
+                    ids: &node.content,
+                    next: 0,
+                    window: Default::default(),
+                    buf: Vec::new(),
+                    pos: 0,
+                };
                 let (ids, _) = self.writer.save_stream(reader, &|_| {}).map_err(|e| match e {
                     Error::Io { source, .. } => Error::Invalid(format!("copying {}: {source}", node.name.lossy())),
                     other => other,

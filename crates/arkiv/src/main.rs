@@ -67,7 +67,9 @@ fn main() -> ExitCode {
         .without_time()
         .with_target(false)
         .init();
-    match commands::run(cli) {
+    let result = commands::run(cli);
+    arkiv_repo::backend::shutdown();
+    match result {
         Ok(code) => code,
         Err(e) => {
             // One line: what failed and where; causes joined with ": ".

@@ -18,6 +18,9 @@ use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 
+pub mod garage;
+pub mod sftp;
+
 pub const PASSWORD: &str = "correct horse battery staple";
 
 /// The binary under test.
