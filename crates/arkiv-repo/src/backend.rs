@@ -447,6 +447,9 @@ impl Backend {
     pub fn remove_stale_temp(&self, age: Duration) -> usize {
         let mut removed = 0;
         for store in std::iter::once(&self.hot).chain(self.cold.as_ref()) {
+            if store.rename_writes {
+                removed += self.remove_stale_remote_temp(store, age);
+            }
             let Some(root) = &store.local_root else { continue };
             let Ok(entries) = std::fs::read_dir(root.join("tmp")) else { continue };
             for e in entries.flatten() {
@@ -459,6 +462,34 @@ impl Backend {
                 if old && std::fs::remove_file(e.path()).is_ok() {
                     removed += 1;
                 }
+            }
+        }
+        removed
+    }
+
+    /// The staging files of writes to SFTP, FTP or WebDAV that a killed
+    /// process never renamed into place. Best effort: a store that cannot
+    /// list `tmp/` keeps them until the next try.
+    fn remove_stale_remote_temp(&self, store: &Store, age: Duration) -> usize {
+        let Ok(entries) = self.retry("tmp/", || store.op.list("tmp/")) else { return 0 };
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for e in entries {
+            if e.metadata().is_dir() {
+                continue;
+            }
+            let modified = match e.metadata().last_modified() {
+                Some(t) => Some(t),
+                None => self.retry(e.path(), || store.op.stat(e.path())).ok().and_then(|m| m.last_modified()),
+            };
+            let old = modified.is_some_and(|t| {
+                let t = t.into_inner();
+                let when =
+                    std::time::UNIX_EPOCH + Duration::new(t.as_second().max(0) as u64, t.subsec_nanosecond() as u32);
+                now.duration_since(when).is_ok_and(|a| a > age)
+            });
+            if old && self.retry(e.path(), || store.op.delete(e.path())).is_ok() {
+                removed += 1;
             }
         }
         removed

@@ -80,6 +80,10 @@ pub struct RestoreOutcome {
     /// Dry run only: what would be written.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub planned: Vec<Planned>,
+    /// The first failure to reach storage (not damage): when set, files
+    /// were left unrestored because the repository could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_error: Option<String>,
 }
 
 struct Item {
@@ -369,6 +373,7 @@ pub fn restore(
     }
     let ids: Vec<Id> = wanted.keys().copied().collect();
     let open_files = AtomicUsize::new(0);
+    let storage_error: Mutex<Option<String>> = Mutex::new(None);
     indexed.for_each_blob(&ids, |id, res| {
         let places = &wanted[&id];
         match res {
@@ -404,12 +409,16 @@ pub fn restore(
                 }
             }
             Err(e) => {
+                if matches!(e, arkiv_repo::Error::Backend { .. }) {
+                    storage_error.lock().unwrap().get_or_insert_with(|| e.to_string());
+                }
                 for &(fi, _) in places {
                     mark(fi, e.to_string());
                 }
             }
         }
     })?;
+    out.storage_error = storage_error.into_inner().unwrap();
 
     // Files no byte was written to (empty, all holes, or damaged before any
     // data came) still have to exist at their full length.

@@ -63,6 +63,11 @@ pub fn run(g: &Global, a: RestoreArgs) -> Result<ExitCode> {
             out.hardlinks
         );
     }
+    if let Some(e) = &out.storage_error {
+        // Not damage: the storage could not be read. One line, not one per
+        // file, and a plain failure: rerun once the store is back.
+        anyhow::bail!("{} file(s) not restored: cannot read the repository: {e}", out.damaged.len());
+    }
     if !out.damaged.is_empty() {
         for d in &out.damaged {
             eprintln!("arkiv: damaged: {}: {}", d.path, d.reason);
