@@ -156,6 +156,10 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &dyn Fn(&str)) ->
     let now = Utc::now();
     let mut report = PruneReport { dry_run: opts.dry_run, ..Default::default() };
 
+    // Snapshots first: each was saved after the index files naming its
+    // blobs, so the index read next covers every snapshot listed here.
+    let mut snapshots = repo.backend().list(FileKind::Snapshot)?;
+    snapshots.sort();
     progress("reading index");
     let mut index_ids = Vec::new();
     let mut files = Vec::new();
@@ -198,8 +202,6 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &dyn Fn(&str)) ->
 
     progress("finding used blobs");
     let mut used = Bits::new(full.len());
-    let mut snapshots = repo.backend().list(FileKind::Snapshot)?;
-    snapshots.sort();
     report.snapshots = snapshots.len();
     for (name, _) in &snapshots {
         let sid: Id = name.parse().map_err(|_| Error::corrupt(name, "bad snapshot name"))?;

@@ -437,6 +437,18 @@ impl Repository {
 
     /// Loads every index file (in parallel) and returns the indexed state.
     pub fn index(self) -> Result<Indexed> {
+        // An index file listed but gone when read was replaced by a prune
+        // meanwhile (its replacement was written first): list again.
+        let mut tries = 0;
+        loop {
+            match self.clone().index_once() {
+                Err(Error::NotFound { .. }) if tries < 10 => tries += 1,
+                r => return r,
+            }
+        }
+    }
+
+    fn index_once(self) -> Result<Indexed> {
         // Packs awaiting deletion stay out of the index even when an index
         // file still names them (a prune cut short before removing the old
         // files): a backup must never deduplicate against a pack that a

@@ -67,7 +67,12 @@ pub fn forget(g: &Global, a: ForgetArgs) -> Result<ExitCode> {
         }
     }
     if g.json {
-        output::json(&serde_json::json!({ "dry_run": a.dry_run, "groups": groups, "removed": remove }));
+        // One document for scripts, with prune's report inside when it ran.
+        let pruned = if a.prune && !a.dry_run { Some(prune_report(g, &repo, &a.prune_opts, false)?) } else { None };
+        output::json(
+            &serde_json::json!({ "dry_run": a.dry_run, "groups": groups, "removed": remove, "prune": pruned }),
+        );
+        return Ok(ExitCode::SUCCESS);
     } else if !g.quiet {
         for gr in &groups {
             let mut label = Vec::new();
@@ -128,11 +133,16 @@ fn options(a: &PruneArgs, dry_run: bool) -> Result<PruneOptions> {
     Ok(PruneOptions { grace, max_unused: max_unused / 100.0, dry_run })
 }
 
-fn run_prune(g: &Global, repo: &Repository, a: &PruneArgs, dry_run: bool) -> Result<ExitCode> {
+fn prune_report(g: &Global, repo: &Repository, a: &PruneArgs, dry_run: bool) -> Result<PruneReport> {
     let opts = options(a, dry_run)?;
     let ticker = Ticker::new(g, "prune");
     let report = arkiv_repo::prune::prune(repo, &opts, &|stage| ticker.set_message(stage))?;
     ticker.finish();
+    Ok(report)
+}
+
+fn run_prune(g: &Global, repo: &Repository, a: &PruneArgs, dry_run: bool) -> Result<ExitCode> {
+    let report = prune_report(g, repo, a, dry_run)?;
     if g.json {
         output::json(&report);
     } else if !g.quiet {
