@@ -357,6 +357,48 @@ mod tests {
         assert!(e.contains("unknown option 'endpiont'"), "{e}");
     }
 
+    /// Azure Blob is not run against a real server here; this checks the
+    /// request it sends: the container and path, and a SharedKey signature
+    /// made from AZURE_STORAGE_KEY (and the key itself never on the wire).
+    #[test]
+    fn azure_requests_name_the_container_and_are_signed_with_the_shared_key() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+            String::from_utf8_lossy(&req).to_string()
+        });
+        // A base64 account key, as Azure issues them.
+        let key = "c2VjcmV0LWF6dXJlLWtleS1mb3ItdGVzdHMtb25seQ==";
+        std::env::set_var("AZURE_STORAGE_KEY", key);
+        let store = open_store(
+            &format!("azblob://backups/host1?account=acct&endpoint=http://127.0.0.1:{port}"),
+            &StoreOptions::default(),
+        )
+        .unwrap();
+        std::env::remove_var("AZURE_STORAGE_KEY");
+        let backend = crate::backend::Backend::new(store, None);
+        let err = backend.read(crate::backend::FileKind::Config, "config").unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{err}");
+        let req = server.join().unwrap();
+        let lower = req.to_ascii_lowercase();
+        assert!(req.starts_with("GET /backups/host1/config "), "{req}");
+        assert!(lower.contains("authorization: sharedkey acct:"), "{req}");
+        assert!(lower.contains("x-ms-version:") && lower.contains("x-ms-date:"), "{req}");
+        assert!(!req.contains(key), "the account key went over the wire: {req}");
+    }
+
     #[test]
     fn redaction_drops_query_and_passwords() {
         assert_eq!(redact("s3://b/p?endpoint=http://x"), "s3://b/p");
