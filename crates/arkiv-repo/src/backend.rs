@@ -104,8 +104,8 @@ pub struct IoPolicy {
     pub backoff: Duration,
     /// Limit on a whole request without a body (stat, list page, delete).
     pub timeout: Duration,
-    /// Limit on each step of a transfer: a slow upload that makes progress
-    /// is not cut off; one that stalls is.
+    /// Limit on each step of a transfer: one read or write call, or the
+    /// completion of an upload — for a pack, the whole object.
     pub io_timeout: Duration,
     /// Uploads in flight at once.
     pub uploads: usize,
@@ -244,6 +244,11 @@ pub(crate) fn describe(e: &opendal::Error) -> String {
     line
 }
 
+/// Only content-named objects count: a stray file is not ours.
+fn is_content_name(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 fn io_err(op: &'static str, path: &str, location: &str, e: opendal::Error) -> Error {
     if e.kind() == ErrorKind::NotFound {
         return Error::NotFound { what: format!("{location}/{path}") };
@@ -262,17 +267,13 @@ impl Backend {
         Backend { hot, cold, policy: IoPolicy::default(), cache: None }
     }
 
-    /// Any OpenDAL operator; `location` is how errors and listings name it.
-    pub fn from_operator(op: Operator, location: impl Into<String>) -> Backend {
-        Backend::new(Store::remote(op, location), None)
-    }
-
     pub fn with_policy(mut self, policy: IoPolicy) -> Backend {
         self.policy = policy;
         self
     }
 
-    /// Keeps copies of index and snapshot files in `dir`, so listing and
+    /// Keeps copies of index files, snapshots and deletion records in
+    /// `dir`, so listing and
     /// opening a remote repository reads each of them over the network once.
     /// Every cached file is checked against its name (a hash of its bytes)
     /// before use; a damaged or stale one is fetched again, and files gone
@@ -300,10 +301,6 @@ impl Backend {
 
     pub fn is_local(&self) -> bool {
         self.hot.is_local() && self.cold.as_ref().is_none_or(|c| c.is_local())
-    }
-
-    pub fn operator(&self) -> &Operator {
-        &self.hot.op
     }
 
     fn store(&self, kind: FileKind) -> &Store {
@@ -471,23 +468,14 @@ impl Backend {
     /// process never renamed into place. Best effort: a store that cannot
     /// list `tmp/` keeps them until the next try.
     fn remove_stale_remote_temp(&self, store: &Store, age: Duration) -> usize {
-        let Ok(entries) = self.retry("tmp/", || store.op.list("tmp/")) else { return 0 };
-        let now = std::time::SystemTime::now();
+        let Ok(entries) = self.list_entries(store, "tmp/") else { return 0 };
         let mut removed = 0;
         for e in entries {
-            if e.metadata().is_dir() {
-                continue;
-            }
-            let modified = match e.metadata().last_modified() {
-                Some(t) => Some(t),
-                None => self.retry(e.path(), || store.op.stat(e.path())).ok().and_then(|m| m.last_modified()),
-            };
-            let old = modified.is_some_and(|t| {
-                let t = t.into_inner();
-                let when =
-                    std::time::UNIX_EPOCH + Duration::new(t.as_second().max(0) as u64, t.subsec_nanosecond() as u32);
-                now.duration_since(when).is_ok_and(|a| a > age)
-            });
+            let old = self
+                .modified(store, &e)
+                .ok()
+                .flatten()
+                .is_some_and(|t| chrono::Utc::now().signed_duration_since(t).to_std().is_ok_and(|a| a > age));
             if old && self.retry(e.path(), || store.op.delete(e.path())).is_ok() {
                 removed += 1;
             }
@@ -533,56 +521,55 @@ impl Backend {
         for store in stores {
             out.extend(self.list_store(store, kind)?);
         }
-        if matches!(kind, FileKind::Index | FileKind::Snapshot) {
+        if matches!(kind, FileKind::Index | FileKind::Snapshot | FileKind::Deletion) {
             self.trim_cache(kind, &out);
         }
         Ok(out)
     }
 
     fn list_store(&self, store: &Store, kind: FileKind) -> Result<Vec<(String, u64)>> {
-        let dir = kind.dir();
+        Ok(self
+            .list_entries(store, kind.dir())?
+            .into_iter()
+            .filter(|e| is_content_name(e.name()))
+            .map(|e| (e.name().to_string(), e.metadata().content_length()))
+            .collect())
+    }
+
+    /// Every file below `dir` (recursively) of one store.
+    fn list_entries(&self, store: &Store, dir: &str) -> Result<Vec<opendal::Entry>> {
         let entries = self
             .retry(dir, || async { store.op.list_with(dir).recursive(true).await })
             .map_err(|e| io_err("list", dir, &store.location, e))?;
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            if e.metadata().is_dir() {
-                continue;
-            }
-            let name = e.name().to_string();
-            // Only content-named objects count: a stray file is not ours.
-            if name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-                let size = e.metadata().content_length();
-                out.push((name, size));
-            }
-        }
-        Ok(out)
+        Ok(entries.into_iter().filter(|e| !e.metadata().is_dir()).collect())
     }
 
-    /// When each pack was last written, for prune's grace period. Stores
-    /// that do not report it in listings are asked per object.
+    /// When a listed object was last written; stores that do not say so in
+    /// listings are asked per object.
+    fn modified(&self, store: &Store, e: &opendal::Entry) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let t = match e.metadata().last_modified() {
+            Some(t) => Some(t),
+            None => self
+                .retry(e.path(), || store.op.stat(e.path()))
+                .map_err(|err| io_err("stat", e.path(), &store.location, err))?
+                .last_modified(),
+        };
+        Ok(t.and_then(|t| {
+            let t = t.into_inner();
+            chrono::DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond() as u32)
+        }))
+    }
+
+    /// When each pack was last written, for prune's grace period.
     pub fn pack_times(&self) -> Result<std::collections::HashMap<String, chrono::DateTime<chrono::Utc>>> {
         let mut out = std::collections::HashMap::new();
         for store in std::iter::once(&self.hot).chain(self.cold.as_ref()) {
-            let entries = self
-                .retry("data/", || async { store.op.list_with("data/").recursive(true).await })
-                .map_err(|e| io_err("list", "data/", &store.location, e))?;
-            for e in entries {
-                if e.metadata().is_dir() || e.name().len() != 64 {
+            for e in self.list_entries(store, FileKind::Pack.dir())? {
+                if !is_content_name(e.name()) {
                     continue;
                 }
-                let modified = match e.metadata().last_modified() {
-                    Some(t) => Some(t),
-                    None => self
-                        .retry(e.path(), || store.op.stat(e.path()))
-                        .map_err(|err| io_err("stat", e.path(), &store.location, err))?
-                        .last_modified(),
-                };
-                if let Some(t) = modified {
-                    let t = t.into_inner();
-                    if let Some(t) = chrono::DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond() as u32) {
-                        out.insert(e.name().to_string(), t);
-                    }
+                if let Some(t) = self.modified(store, &e)? {
+                    out.insert(e.name().to_string(), t);
                 }
             }
         }
@@ -594,7 +581,7 @@ impl Backend {
     fn cache_file(&self, kind: FileKind, name: &str) -> Option<PathBuf> {
         let dir = self.cache.as_ref()?;
         match kind {
-            FileKind::Index | FileKind::Snapshot => Some(dir.join(kind.dir()).join(name)),
+            FileKind::Index | FileKind::Snapshot | FileKind::Deletion => Some(dir.join(kind.dir()).join(name)),
             _ => None,
         }
     }
@@ -610,12 +597,10 @@ impl Backend {
         None
     }
 
-    /// Best effort: a cache that cannot be written only costs speed.
+    /// Best effort: a cache that cannot be written only costs speed. Not
+    /// checked here: [`Backend::cached`] checks every copy before use.
     fn fill_cache(&self, kind: FileKind, name: &str, bytes: &[u8]) {
         let Some(file) = self.cache_file(kind, name) else { return };
-        if Id::of_stored(bytes).to_hex() != name {
-            return;
-        }
         let dir = file.parent().expect("cache files live in a directory");
         let tmp = dir.join(format!(".{name}.{}", std::process::id()));
         let r = std::fs::create_dir_all(dir)

@@ -66,7 +66,7 @@ impl BlobReader<'_> {
         self.src.for_each_blob(wanted, |id, r| {
             got.lock().unwrap().insert(id, r);
         })?;
-        let mut got = got.into_inner().unwrap();
+        let got = got.into_inner().unwrap();
         for id in wanted {
             // A blob repeated within the window was fetched once.
             let data = match got.get(id) {
@@ -76,7 +76,6 @@ impl BlobReader<'_> {
             };
             self.window.push_back(data);
         }
-        got.clear();
         self.next = end;
         Ok(())
     }

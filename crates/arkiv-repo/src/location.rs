@@ -43,6 +43,8 @@ pub struct Location {
     /// The path inside it, without leading or trailing slashes.
     pub path: String,
     pub options: BTreeMap<String, String>,
+    /// `webdavs://` or `ftps://`: the TLS variant of the scheme.
+    pub secure: bool,
     raw: String,
 }
 
@@ -58,10 +60,13 @@ impl Location {
                 authority: String::new(),
                 path: spec.to_string(),
                 options: BTreeMap::new(),
+                secure: false,
                 raw: spec.to_string(),
             });
         };
-        let scheme = match scheme.to_ascii_lowercase().as_str() {
+        let scheme_name = scheme.to_ascii_lowercase();
+        let secure = matches!(scheme_name.as_str(), "webdavs" | "ftps");
+        let scheme = match scheme_name.as_str() {
             "file" => Scheme::Local,
             "s3" => Scheme::S3,
             "gs" | "gcs" => Scheme::Gcs,
@@ -88,6 +93,7 @@ impl Location {
                 authority: String::new(),
                 path: main.to_string(),
                 options,
+                secure,
                 raw: spec.into(),
             });
         }
@@ -103,8 +109,18 @@ impl Location {
             authority: authority.to_string(),
             path: path.trim_matches('/').to_string(),
             options,
+            secure,
             raw: spec.to_string(),
         })
+    }
+
+    /// The user and the host (with port) of an `sftp://` or `ftp://`
+    /// authority.
+    fn user_and_host(&self) -> (Option<String>, String) {
+        match self.authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u.to_string()), h.to_string()),
+            None => (None, self.authority.clone()),
+        }
     }
 
     /// How messages name it: scheme, authority and path, no query.
@@ -253,13 +269,10 @@ pub fn open_store(spec: &str, opts: &StoreOptions) -> Result<Store> {
             Operator::new(b).map_err(bad)?
         }
         Scheme::Sftp => {
-            let (user, host) = match loc.authority.rsplit_once('@') {
-                Some((u, h)) => (Some(u.to_string()), h.to_string()),
-                None => (None, loc.authority.clone()),
-            };
+            let (user, host) = loc.user_and_host();
             let mut b = opendal::services::Sftp::default().endpoint(&format!("ssh://{host}")).root(&root);
-            if let Some(u) = &user {
-                b = b.user(u);
+            if let Some(u) = user {
+                b = b.user(&u);
             }
             if let Some(k) = loc.take("key") {
                 b = b.key(&k);
@@ -273,9 +286,8 @@ pub fn open_store(spec: &str, opts: &StoreOptions) -> Result<Store> {
             Operator::new(b).map_err(bad)?
         }
         Scheme::Webdav => {
-            let tls = spec.to_ascii_lowercase().starts_with("webdavs://");
             let mut b = opendal::services::Webdav::default()
-                .endpoint(&format!("{}://{}", if tls { "https" } else { "http" }, loc.authority))
+                .endpoint(&format!("{}://{}", if loc.secure { "https" } else { "http" }, loc.authority))
                 .root(&root);
             if let Some(u) = env("ARKIV_WEBDAV_USER") {
                 b = b.username(&u);
@@ -287,16 +299,12 @@ pub fn open_store(spec: &str, opts: &StoreOptions) -> Result<Store> {
             Operator::new(b).map_err(bad)?
         }
         Scheme::Ftp => {
-            let (user, host) = match loc.authority.rsplit_once('@') {
-                Some((u, h)) => (Some(u.to_string()), h.to_string()),
-                None => (None, loc.authority.clone()),
-            };
-            let tls = spec.to_ascii_lowercase().starts_with("ftps://");
+            let (user, host) = loc.user_and_host();
             let mut b = opendal::services::Ftp::default()
-                .endpoint(&format!("{}://{host}", if tls { "ftps" } else { "ftp" }))
+                .endpoint(&format!("{}://{host}", if loc.secure { "ftps" } else { "ftp" }))
                 .root(&root);
-            if let Some(u) = &user {
-                b = b.user(u);
+            if let Some(u) = user {
+                b = b.user(&u);
             }
             if let Some(p) = env("ARKIV_FTP_PASSWORD") {
                 b = b.password(&p);

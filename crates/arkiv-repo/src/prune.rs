@@ -24,7 +24,6 @@ use crate::envelope::EnvelopeKind;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{BlobLocation, Index, IndexFile, IndexedPack, PackRef};
-use crate::pack::BlobType;
 use crate::repository::{Indexed, Repository};
 use crate::writer::Writer;
 
@@ -141,13 +140,6 @@ impl Bits {
 
 fn pack_bytes(p: &IndexedPack) -> u64 {
     p.entries.iter().map(|e| e.length as u64).sum()
-}
-
-fn pack_kind(p: &IndexedPack) -> FileKind {
-    match p.entries.first().map(|e| e.blob_type) {
-        Some(BlobType::Data) => FileKind::DataPack,
-        _ => FileKind::Pack,
-    }
 }
 
 /// Runs one prune. `progress` hears each stage's name.
@@ -409,7 +401,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &dyn Fn(&str)) ->
         expired_records.extend(new_record);
     }
     for p in &expired {
-        repo.backend().delete(pack_kind(p), &p.id.to_hex())?;
+        repo.backend().delete(crate::writer::pack_kind(&p.entries), &p.id.to_hex())?;
     }
     for rid in &expired_records {
         repo.backend().delete(FileKind::Deletion, &rid.to_hex())?;

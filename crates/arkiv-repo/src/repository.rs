@@ -408,20 +408,8 @@ impl Repository {
                 .next_back()
                 .ok_or_else(|| Error::SnapshotNotFound("latest".into()));
         }
-        if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::SnapshotNotFound(spec.into()));
-        }
-        let spec_l = spec.to_ascii_lowercase();
-        let names: Vec<_> =
-            self.backend().list(FileKind::Snapshot)?.into_iter().filter(|(n, _)| n.starts_with(&spec_l)).collect();
-        match names.as_slice() {
-            [] => Err(Error::SnapshotNotFound(spec.into())),
-            [(n, _)] => {
-                let id: Id = n.parse().map_err(|_| Error::corrupt(n, "bad snapshot name"))?;
-                Ok(SnapshotEntry { id, snapshot: self.load_snapshot(&id)? })
-            }
-            _ => Err(Error::AmbiguousSnapshot { prefix: spec.into(), count: names.len() }),
-        }
+        let id = self.resolve_snapshot_id(spec)?;
+        Ok(SnapshotEntry { id, snapshot: self.load_snapshot(&id)? })
     }
 
     // ---- index ----

@@ -137,10 +137,7 @@ impl Shared {
 /// Where a pack goes: packs hold one blob type each, and data packs may live
 /// in a separate (cold) location.
 pub(crate) fn pack_kind(entries: &[crate::pack::PackEntry]) -> FileKind {
-    match entries.first().map(|e| e.blob_type) {
-        Some(BlobType::Data) => FileKind::DataPack,
-        _ => FileKind::Pack,
-    }
+    entries.first().map_or(FileKind::Pack, |e| crate::repository::pack_kind_of(e.blob_type))
 }
 
 fn upload_loop(shared: Arc<Shared>, rx: Receiver<FinishedPack>) {

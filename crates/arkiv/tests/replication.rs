@@ -89,20 +89,6 @@ fn missing(st: &Value) -> (u64, u64) {
     (st["missing_in_first"].as_u64().unwrap(), st["missing_in_second"].as_u64().unwrap())
 }
 
-/// Copies the files and directories below `from` into `to`.
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            fs::copy(e.path(), &target).unwrap();
-        }
-    }
-}
-
 /// Backs up `src` into `s`, keeping a copy of what `src` held in
 /// `expect/<id>` of `s`'s scratch area; returns the snapshot id.
 fn backup_kept(s: &Scratch, src: &Path) -> String {

@@ -109,20 +109,6 @@ fn assert_refused_append_only(out: &Output, what: &str) {
     assert!(err.contains("append-only"), "`{what}` was refused without saying why: {err}");
 }
 
-/// Copies the files and directories below `from` into `to`.
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            fs::copy(e.path(), &target).unwrap();
-        }
-    }
-}
-
 /// Backs up `src` (plus `extra` flags) and keeps a copy of what it held, in
 /// `expect/<id>`, for [`assert_restores`]. Returns the snapshot id.
 fn backup_kept(s: &Scratch, src: &Path, extra: &[&str]) -> String {
