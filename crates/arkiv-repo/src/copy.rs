@@ -13,10 +13,10 @@
 //! repositories.
 
 use std::collections::HashMap;
-use std::io::Read;
 
 use serde::Serialize;
 
+use crate::content::ContentReader;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::pack::BlobType;
@@ -42,62 +42,6 @@ fn same_chunking(src: &Indexed, dst: &Indexed) -> bool {
     src.repo().blob_id(BlobType::Data, b"arkiv copy probe") == dst.repo().blob_id(BlobType::Data, b"arkiv copy probe")
         && src.repo().config().chunker == dst.repo().config().chunker
         && src.repo().chunker().split_all(&probe) == dst.repo().chunker().split_all(&probe)
-}
-
-/// Blobs fetched ahead of the reader: about 32 MiB at the average chunk size.
-const PREFETCH_BLOBS: usize = 32;
-
-/// Reads a file's content as one stream, fetching its blobs a window at a
-/// time with few, parallel requests rather than one request per chunk.
-struct BlobReader<'a> {
-    src: &'a Indexed,
-    ids: &'a [Id],
-    next: usize,
-    window: std::collections::VecDeque<Vec<u8>>,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl BlobReader<'_> {
-    fn fill(&mut self) -> Result<()> {
-        let end = (self.next + PREFETCH_BLOBS).min(self.ids.len());
-        let wanted = &self.ids[self.next..end];
-        let got: std::sync::Mutex<HashMap<Id, Result<Vec<u8>>>> = Default::default();
-        self.src.for_each_blob(wanted, |id, r| {
-            got.lock().unwrap().insert(id, r);
-        })?;
-        let got = got.into_inner().unwrap();
-        for id in wanted {
-            // A blob repeated within the window was fetched once.
-            let data = match got.get(id) {
-                Some(Ok(d)) => d.clone(),
-                Some(Err(e)) => return Err(e.duplicate()),
-                None => return Err(Error::BlobNotFound(*id)),
-            };
-            self.window.push_back(data);
-        }
-        self.next = end;
-        Ok(())
-    }
-}
-
-impl Read for BlobReader<'_> {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.buf.len() {
-            if self.window.is_empty() {
-                if self.next == self.ids.len() {
-                    return Ok(0);
-                }
-                self.fill().map_err(std::io::Error::other)?;
-            }
-            self.buf = self.window.pop_front().unwrap_or_default();
-            self.pos = 0;
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
 }
 
 struct Copier<'a> {
@@ -143,14 +87,7 @@ impl Copier<'_> {
                     node.content = done.clone();
                     continue;
                 }
-                let reader = BlobReader {
-                    src: self.src,
-                    ids: &node.content,
-                    next: 0,
-                    window: Default::default(),
-                    buf: Vec::new(),
-                    pos: 0,
-                };
+                let reader = ContentReader::new(self.src, &node.content);
                 let (ids, _) = self.writer.save_stream(reader, &|_| {}).map_err(|e| match e {
                     Error::Io { source, .. } => Error::Invalid(format!("copying {}: {source}", node.name.lossy())),
                     other => other,

@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod check;
 pub mod chunker;
+pub mod content;
 pub mod copy;
 pub mod crypto;
 pub mod envelope;
@@ -32,6 +33,7 @@ pub mod tree;
 pub mod writer;
 
 pub use backend::{Backend, FileKind};
+pub use content::ContentReader;
 pub use error::{Error, Result};
 pub use id::Id;
 pub use keys::{Credential, KdfParams};

@@ -23,4 +23,17 @@ pub enum Error {
 
     #[error("{0}")]
     Invalid(String),
+
+    /// A program a source needs is not installed (or not on `PATH`).
+    #[error("{program}: not found; install it or put it on PATH")]
+    ToolMissing { program: String },
+
+    /// A program a source ran failed; `stderr` is the tail of what it said.
+    #[error("{program} failed ({status}){}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
+    ToolFailed { program: String, status: String, stderr: String },
+
+    /// A database or service could not be backed up or restored, named by
+    /// its (password-free) location.
+    #[error("{location}: {message}")]
+    Source { location: String, message: String },
 }

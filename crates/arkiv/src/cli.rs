@@ -239,7 +239,8 @@ pub struct FilterArgs {
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {
-    /// Files and directories to back up
+    /// Files and directories to back up, or one source URL: postgres://, mysql://, sqlite:///path,
+    /// redis://, command:'COMMAND LINE', s3://bucket/prefix (see docs/sources.md)
     pub paths: Vec<PathBuf>,
     /// Leave out matching paths (a pattern without '/' matches a name anywhere; with '/', a path)
     #[arg(short = 'e', long = "exclude")]
@@ -311,9 +312,28 @@ pub struct FindArgs {
 pub struct RestoreArgs {
     /// Snapshot: `latest`, an id or a unique prefix
     pub snapshot: String,
-    /// Directory to restore into (created if missing)
+    /// Directory to restore into (created if missing), or a target URL for database and stream
+    /// snapshots: postgres://…/newdb, mysql://…/db, sqlite:///path, redis:///path/dump.rdb, command:'…'
     #[arg(short, long)]
     pub target: PathBuf,
+    /// Restore only this table (PostgreSQL; repeatable)
+    #[arg(long = "table")]
+    pub tables: Vec<String>,
+    /// Restore only this schema (PostgreSQL; repeatable)
+    #[arg(long = "schema")]
+    pub schemas: Vec<String>,
+    /// Drop the objects being restored from the target first
+    #[arg(long)]
+    pub clean: bool,
+    /// From a snapshot of several databases, restore this one
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Also restore server-wide objects (PostgreSQL roles and tablespaces)
+    #[arg(long)]
+    pub globals: bool,
+    /// From a snapshot of several streams, restore this one (to a command or file)
+    #[arg(long)]
+    pub stream: Option<String>,
     /// Restore only matching paths (and everything inside matching directories)
     #[arg(short, long = "include")]
     pub includes: Vec<String>,

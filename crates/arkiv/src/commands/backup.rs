@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use arkiv_source::files::{self, BackupOptions, PathFilter, Progress};
+use arkiv_source::stream::{self, StreamOptions, StreamSource};
 
 use crate::cli::{BackupArgs, Global};
 use crate::output;
@@ -13,6 +14,13 @@ use crate::progress::Ticker;
 use crate::Usage;
 
 pub fn run(g: &Global, a: BackupArgs) -> Result<ExitCode> {
+    if let Some(url) = a.paths.first().and_then(|p| p.to_str()).filter(|p| arkiv_source::spec::kind_of(p).is_some()) {
+        if a.paths.len() > 1 {
+            return Err(Usage("a source URL is backed up on its own: give it alone, without paths".into()).into());
+        }
+        let source = arkiv_source::spec::source(url).expect("a source URL")?;
+        return run_stream(g, &a, source.as_ref());
+    }
     let stdin = a.stdin || a.stdin_filename.is_some();
     if stdin && !a.paths.is_empty() {
         return Err(Usage("--stdin takes no paths".into()).into());
@@ -57,21 +65,71 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<ExitCode> {
         files::backup(&indexed, &opts, &progress)
     };
     ticker.finish();
-    let outcome = outcome?;
+    report(g, a.dry_run, outcome?)
+}
+
+/// Backs up a database or other stream source.
+fn run_stream(g: &Global, a: &BackupArgs, source: &dyn StreamSource) -> Result<ExitCode> {
+    let file_only = [
+        ("--exclude", !a.excludes.is_empty()),
+        ("--exclude-file", !a.exclude_files.is_empty()),
+        ("--exclude-caches", a.exclude_caches),
+        ("--one-file-system", a.one_file_system),
+        ("--parent", a.parent.is_some()),
+        ("--force", a.force),
+        ("--stdin", a.stdin || a.stdin_filename.is_some()),
+    ];
+    if let Some((flag, _)) = file_only.iter().find(|(_, on)| *on) {
+        return Err(Usage(format!("{flag} applies to files, not to a {} source", source.kind())).into());
+    }
+    let opts = StreamOptions { tags: a.tags.clone(), host: a.host.clone(), dry_run: a.dry_run };
+    let indexed = crate::context::open(g)?.index()?;
+    let progress = Arc::new(Progress::default());
+    let p = progress.clone();
+    let label = source.kind();
+    let ticker = Ticker::start(g, "{spinner} {elapsed_precise} {msg}", move |bar| {
+        bar.set_message(format!(
+            "{label}: {} streams, {} read",
+            p.files.load(Ordering::Relaxed),
+            output::bytes(p.bytes_read.load(Ordering::Relaxed)),
+        ));
+        bar.tick();
+    });
+    let outcome = stream::backup(&indexed, source, &opts, &progress);
+    ticker.finish();
+    let outcome = outcome.map_err(|e| anyhow::anyhow!("backup of {} failed: {e}", source.location()))?;
+    if !g.json && !g.quiet {
+        if let Some(streams) = outcome.snapshot.metadata.get("streams").and_then(|s| s.as_array()) {
+            for s in streams {
+                println!(
+                    "stream {}: {} in {:.2}s",
+                    s["name"].as_str().unwrap_or("?"),
+                    output::bytes(s["bytes"].as_u64().unwrap_or(0)),
+                    s["seconds"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
+    }
+    report(g, a.dry_run, outcome)
+}
+
+fn report(g: &Global, dry_run: bool, outcome: files::BackupOutcome) -> Result<ExitCode> {
     let s = &outcome.snapshot;
     if g.json {
         output::json(&serde_json::json!({
             "id": outcome.id,
-            "dry_run": a.dry_run,
+            "dry_run": dry_run,
             "partial": s.is_partial(),
             "snapshot": s,
         }));
     } else if !g.quiet {
         let m = &s.summary;
-        println!(
-            "files: {} new, {} changed, {} unmodified; {} directories",
-            m.files_new, m.files_changed, m.files_unmodified, m.dirs
-        );
+        if s.source == "files" {
+            println!(
+                "files: {} new, {} changed, {} unmodified; {} directories",
+                m.files_new, m.files_changed, m.files_unmodified, m.dirs
+            );
+        }
         println!(
             "added: {} of new data in {} blobs ({} stored); {} read of {} total",
             output::bytes(m.bytes_new),

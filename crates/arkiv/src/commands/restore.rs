@@ -6,12 +6,29 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use arkiv_source::files::{self, restore::RestoreProgress, PathFilter, RestoreOptions};
+use arkiv_source::stream::{self, StreamTarget, Streams};
 
 use crate::cli::{Global, RestoreArgs};
 use crate::output;
 use crate::progress::Ticker;
+use crate::Usage;
 
 pub fn run(g: &Global, a: RestoreArgs) -> Result<ExitCode> {
+    if let Some(url) = a.target.to_str().filter(|t| arkiv_source::spec::kind_of(t).is_some()) {
+        let target = arkiv_source::spec::target(url).expect("a target URL")?;
+        return run_stream(g, &a, target.as_ref());
+    }
+    let stream_only = [
+        ("--table", !a.tables.is_empty()),
+        ("--schema", !a.schemas.is_empty()),
+        ("--clean", a.clean),
+        ("--database", a.database.is_some()),
+        ("--globals", a.globals),
+        ("--stream", a.stream.is_some()),
+    ];
+    if let Some((flag, _)) = stream_only.iter().find(|(_, on)| *on) {
+        return Err(Usage(format!("{flag} needs a database or command target, not a directory")).into());
+    }
     let opts = RestoreOptions {
         target: a.target.clone(),
         includes: PathFilter::new(&a.includes)?,
@@ -74,6 +91,54 @@ pub fn run(g: &Global, a: RestoreArgs) -> Result<ExitCode> {
         }
         eprintln!("arkiv: restore is partial: {} file(s) could not be restored intact", out.damaged.len());
         return Ok(ExitCode::from(crate::EXIT_PARTIAL));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Restores a database or stream snapshot into a database, file or command.
+fn run_stream(g: &Global, a: &RestoreArgs, target: &dyn StreamTarget) -> Result<ExitCode> {
+    if !a.includes.is_empty() || !a.excludes.is_empty() || a.dry_run {
+        return Err(Usage("--include, --exclude and --dry-run apply to restores into a directory".into()).into());
+    }
+    let opts = stream::RestoreOptions {
+        tables: a.tables.clone(),
+        schemas: a.schemas.clone(),
+        clean: a.clean,
+        overwrite: a.overwrite,
+        database: a.database.clone(),
+        globals: a.globals,
+        stream: a.stream.clone(),
+    };
+    let repo = crate::context::open(g)?;
+    let snap = repo.find_snapshot(&a.snapshot, &super::snapshot_filter(&a.filter))?;
+    if !target.accepts(&snap.snapshot.source) {
+        anyhow::bail!(
+            "snapshot {} is a {} snapshot; it cannot be restored to {}",
+            snap.id.short(),
+            snap.snapshot.source,
+            target.location()
+        );
+    }
+    let indexed = repo.index()?;
+    let streams = Streams::open(&indexed, snap.id, snap.snapshot.clone())?;
+    let ticker = Ticker::new(g, &format!("restoring to {}", target.location()));
+    let report = target.restore(&streams, &opts);
+    ticker.finish();
+    let report = report.map_err(|e| anyhow::anyhow!("restore to {} failed: {e}", target.location()))?;
+    if g.json {
+        output::json(&serde_json::json!({ "snapshot": snap.id, "result": report }));
+    } else if !g.quiet {
+        for n in &report.notes {
+            println!("{n}");
+        }
+        println!(
+            "restored snapshot {} to {}: {} stream(s), {} in {:.2}s",
+            snap.id.short(),
+            report.target,
+            report.streams.len(),
+            output::bytes(report.bytes),
+            report.duration_secs
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,55 @@
+//! Naming a stream source or restore target on the command line: a URL
+//! whose scheme says what it is (`postgres://…`, `mysql://…`,
+//! `sqlite:///path`, `redis://…`, `command:…`, `s3://…` for a bucket).
+//! Anything else is a path, for the files source.
+
+use crate::error::Result;
+use crate::stream::{StreamSource, StreamTarget};
+
+/// The kinds of stream source, by URL scheme.
+pub fn kind_of(spec: &str) -> Option<&'static str> {
+    let scheme = spec.split_once(':')?.0.to_ascii_lowercase();
+    Some(match scheme.as_str() {
+        "command" => "command",
+        _ => return None,
+    })
+}
+
+/// The source a URL names, or `None` if it is not a source URL (a path).
+pub fn source(spec: &str) -> Option<Result<Box<dyn StreamSource>>> {
+    let kind = kind_of(spec)?;
+    let rest = &spec[spec.find(':').expect("has a scheme") + 1..];
+    Some(match kind {
+        "command" => crate::command::CommandSource::new(rest).map(|s| Box::new(s) as Box<dyn StreamSource>),
+        _ => unreachable!("every kind is handled"),
+    })
+}
+
+/// The restore target a URL names, or `None` if it is a directory.
+pub fn target(spec: &str) -> Option<Result<Box<dyn StreamTarget>>> {
+    let kind = kind_of(spec)?;
+    let rest = &spec[spec.find(':').expect("has a scheme") + 1..];
+    Some(match kind {
+        "command" => Ok(Box::new(crate::command::CommandTarget { command: rest.to_string() }) as Box<dyn StreamTarget>),
+        _ => unreachable!("every kind is handled"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_not_sources() {
+        for p in ["/srv/data", "data", "./x:y", "C"] {
+            assert!(source(p).is_none(), "{p}");
+        }
+    }
+
+    #[test]
+    fn a_command_url_is_a_command_source() {
+        let s = source("command:echo hi").unwrap().unwrap();
+        assert_eq!(s.kind(), "command");
+        assert_eq!(s.location(), "command:echo hi");
+    }
+}
