@@ -15,5 +15,6 @@ pub mod files;
 pub mod process;
 pub mod spec;
 pub mod stream;
+pub mod verify;
 
 pub use error::{Error, Result};
