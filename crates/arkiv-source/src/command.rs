@@ -60,9 +60,9 @@ impl StreamTarget for CommandTarget {
         format!("command:{}", self.command)
     }
 
-    fn accepts(&self, _kind: &str) -> bool {
-        // Any stream can be piped into a program.
-        true
+    fn accepts(&self, kind: &str) -> bool {
+        // Any stream can be piped into a program; a directory tree cannot.
+        !crate::stream::is_tree_kind(kind)
     }
 
     fn restore(&self, streams: &Streams, opts: &RestoreOptions) -> Result<RestoreReport> {

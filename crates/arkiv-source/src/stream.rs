@@ -25,6 +25,12 @@ use crate::error::{Error, Result};
 use crate::files::{BackupOutcome, Progress};
 use crate::process::ToolOutput;
 
+/// Whether snapshots of this source kind are directory trees rather than
+/// sets of streams.
+pub fn is_tree_kind(kind: &str) -> bool {
+    matches!(kind, "files" | "bucket")
+}
+
 /// A source whose backup is one or more named streams.
 ///
 /// The shape is push, not pull: the source drives its tools and hands each
@@ -320,6 +326,12 @@ impl<'a> Streams<'a> {
         let tree = indexed.load_tree(&snapshot.tree)?;
         let mut list = Vec::new();
         for n in tree.nodes {
+            // Trees of files (files, bucket) are opened for a verify into a
+            // directory, which reads the tree itself; only their top-level
+            // files are listed as streams.
+            if n.kind != NodeKind::File && is_tree_kind(&snapshot.source) {
+                continue;
+            }
             if n.kind != NodeKind::File {
                 return Err(Error::Invalid(format!(
                     "snapshot {} is a {} snapshot with directories, not a set of streams; restore it to a directory",

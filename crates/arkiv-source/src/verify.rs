@@ -156,6 +156,64 @@ fn run_command(command: &str, env: &[(String, String)], location: &str) -> std::
     tool.output().map(|out| out.trim().lines().last().unwrap_or("exit status 0").to_string()).map_err(|e| e.to_string())
 }
 
+/// The sandbox of snapshots without one of their own (files, buckets,
+/// command output): the snapshot restored into a temporary directory,
+/// checked by commands that get its path as `ARKIV_SANDBOX_DIR`.
+pub struct DirSandbox {
+    dir: Option<tempfile::TempDir>,
+    path: std::path::PathBuf,
+}
+
+impl DirSandbox {
+    pub fn new() -> Result<DirSandbox> {
+        let dir = tempfile::Builder::new()
+            .prefix("arkiv-verify-")
+            .tempdir()
+            .map_err(|e| Error::Io { path: std::env::temp_dir().display().to_string(), source: e })?;
+        let path = dir.path().to_path_buf();
+        Ok(DirSandbox { dir: Some(dir), path })
+    }
+}
+
+impl Sandbox for DirSandbox {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn restore(&mut self, streams: &Streams) -> Result<u64> {
+        let opts = crate::files::RestoreOptions { target: self.path.clone(), ..Default::default() };
+        let progress = crate::files::restore::RestoreProgress::default();
+        let out = crate::files::restore(streams.indexed, &streams.snapshot.tree, &opts, &progress)?;
+        if let Some(e) = out.storage_error {
+            return Err(Error::Invalid(format!("cannot read the repository: {e}")));
+        }
+        if let Some(d) = out.damaged.first() {
+            return Err(Error::Invalid(format!(
+                "{} file(s) damaged, first {}: {}",
+                out.damaged.len(),
+                d.path,
+                d.reason
+            )));
+        }
+        Ok(out.bytes)
+    }
+
+    fn check(&mut self, a: &Assertion) -> std::result::Result<String, String> {
+        Err(format!("'{}' needs a database; a directory sandbox can only run --assert-command", a.describe()))
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        vec![("ARKIV_SANDBOX_DIR".into(), self.location())]
+    }
+
+    fn remove(&mut self) -> Result<()> {
+        match self.dir.take() {
+            Some(d) => d.close().map_err(|e| Error::Io { path: self.location(), source: e }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Whether a query's answer reads as true.
 pub fn is_true(answer: &str) -> bool {
     matches!(answer.trim().to_ascii_lowercase().as_str(), "t" | "true" | "1" | "yes" | "on")

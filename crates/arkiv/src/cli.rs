@@ -73,8 +73,10 @@ pub enum Command {
     Diff(DiffArgs),
     /// Find files by name or path pattern across snapshots
     Find(FindArgs),
-    /// Restore a snapshot into a directory
+    /// Restore a snapshot into a directory, a database, a file or a command
     Restore(RestoreArgs),
+    /// Prove a snapshot restores: restore it into a throw-away sandbox, check it, remove it
+    Verify(VerifyArgs),
     /// Verify the repository's structure and, optionally, its data
     Check(CheckArgs),
     /// Show repository or snapshot sizes
@@ -346,6 +348,30 @@ pub struct RestoreArgs {
     /// List what would be restored, write nothing
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Snapshot: `latest`, an id or a unique prefix
+    pub snapshot: String,
+    /// Where to restore: a server URL (postgres://…, mysql://…) instead of the snapshot's own server,
+    /// or `cluster` for a temporary PostgreSQL cluster on a free port
+    #[arg(long)]
+    pub sandbox: Option<String>,
+    /// A query whose answer must be true (repeatable)
+    #[arg(long = "assert-sql", value_name = "QUERY")]
+    pub sql: Vec<String>,
+    /// A table that must exist (repeatable; for Redis, a key)
+    #[arg(long = "assert-table", value_name = "TABLE")]
+    pub tables: Vec<String>,
+    /// A minimum row count, TABLE>=N (repeatable; for Redis, db0>=N keys)
+    #[arg(long = "assert-rows", value_name = "TABLE>=N")]
+    pub rows: Vec<String>,
+    /// A command that must exit 0, run with the sandbox's address in its environment (repeatable)
+    #[arg(long = "assert-command", value_name = "COMMAND")]
+    pub commands: Vec<String>,
     #[command(flatten)]
     pub filter: FilterArgs,
 }

@@ -8,6 +8,7 @@ mod maintenance;
 mod replicate;
 mod restore;
 mod retention;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -25,6 +26,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff(a) => browse::diff(g, a),
         Command::Find(a) => browse::find(g, a),
         Command::Restore(a) => restore::run(g, a),
+        Command::Verify(a) => verify::run(g, a),
         Command::Check(a) => maintenance::check(g, a),
         Command::Stats(a) => maintenance::stats(g, a),
         Command::Key(k) => keys::run(g, k),
