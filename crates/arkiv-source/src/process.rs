@@ -143,6 +143,7 @@ impl Tool {
         };
         let mut running = self.spawn(Stdio::piped(), stdout)?;
         let mut stdin = running.child.as_mut().and_then(|c| c.stdin.take()).expect("stdin is piped");
+        let _sigpipe = SigpipeBlocked::new();
         let mut fed = 0u64;
         let mut buf = vec![0u8; 1 << 20];
         let copy: std::result::Result<(), CopyError> = loop {
@@ -171,6 +172,52 @@ impl Tool {
                 running.finish()?;
                 Err(Error::Io { path: format!("{} (standard input)", running.program), source: e })
             }
+        }
+    }
+}
+
+/// Keeps SIGPIPE from killing Arkiv while it writes into a tool that may
+/// exit early: the binary restores SIGPIPE's default action (so `arkiv
+/// snapshots | head` ends quietly), which would turn a restore tool's
+/// failure into Arkiv's silent death instead of a broken-pipe error and the
+/// tool's own account. Blocking the signal in this thread makes the write
+/// return EPIPE; a SIGPIPE left pending is consumed before the mask is
+/// restored, so it is never delivered later.
+struct SigpipeBlocked {
+    old: libc::sigset_t,
+}
+
+impl SigpipeBlocked {
+    fn new() -> SigpipeBlocked {
+        // SAFETY: sigset_t is plain data; the calls only read and write the
+        // sets passed and this thread's signal mask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGPIPE);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            SigpipeBlocked { old }
+        }
+    }
+}
+
+impl Drop for SigpipeBlocked {
+    fn drop(&mut self) {
+        // SAFETY: as above; sigtimedwait with a zero timeout only dequeues
+        // a pending SIGPIPE of this thread, if there is one.
+        unsafe {
+            let mut pending: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut pending);
+            libc::sigpending(&mut pending);
+            if libc::sigismember(&pending, libc::SIGPIPE) == 1 && libc::sigismember(&self.old, libc::SIGPIPE) == 0 {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGPIPE);
+                let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                libc::sigtimedwait(&set, std::ptr::null_mut(), &zero);
+            }
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut());
         }
     }
 }

@@ -21,9 +21,13 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// Repository location: a directory, or s3://BUCKET/PREFIX, gs://, azblob://, sftp://USER@HOST/PATH, webdav://, ftp://
+    /// Repository location: a directory, or s3://BUCKET/PREFIX, gs://, azblob://, sftp://USER@HOST/PATH, webdav://, ftp://;
+    /// with --config, also the name of a configured repository
     #[arg(short = 'r', long, env = "ARKIV_REPO", global = true)]
     pub repo: Option<String>,
+    /// Configuration file naming repositories and sources (see docs/config.md)
+    #[arg(short = 'c', long, env = "ARKIV_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
     /// Where file data lives when it is kept apart from metadata (a cold tier); same forms as --repo
     #[arg(long, env = "ARKIV_DATA_REPO", global = true)]
     pub data_repo: Option<String>,
@@ -239,7 +243,7 @@ pub struct FilterArgs {
     pub paths: Vec<String>,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct BackupArgs {
     /// Files and directories to back up, or one source URL: postgres://, mysql://, sqlite:///path,
     /// redis://, command:'COMMAND LINE', s3://bucket/prefix (see docs/sources.md)
@@ -277,6 +281,9 @@ pub struct BackupArgs {
     /// The file name standard input is saved under (implies --stdin)
     #[arg(long)]
     pub stdin_filename: Option<String>,
+    /// Back up this source of the configuration file (repeatable)
+    #[arg(short = 's', long = "source", value_name = "NAME")]
+    pub sources: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -354,8 +361,12 @@ pub struct RestoreArgs {
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// Snapshot: `latest`, an id or a unique prefix
+    /// Snapshot: `latest` (the default), an id or a unique prefix
+    #[arg(default_value = "latest")]
     pub snapshot: String,
+    /// Verify the latest snapshot of this source of the configuration file, with its [verify] settings
+    #[arg(short = 's', long = "source", value_name = "NAME")]
+    pub source: Option<String>,
     /// Where to restore: a server URL (postgres://…, mysql://…) instead of the snapshot's own server,
     /// or `cluster` for a temporary PostgreSQL cluster on a free port
     #[arg(long)]

@@ -14,6 +14,34 @@ use arkiv_repo::{Backend, Credential, Repository};
 
 use crate::cli::Global;
 
+/// Fills in the repository from the configuration file: `--repo NAME`
+/// names a configured repository; without `--repo`, the repository of the
+/// named source, or the only one configured. Flags given on the command
+/// line win over the file.
+pub fn apply_config(g: &mut Global, config: &arkiv_control::Config, source: Option<&str>) -> Result<()> {
+    let chosen = match (&g.repo, source) {
+        (Some(r), _) if config.repositories.contains_key(r) => Some(config.repository(Some(r))?),
+        // A location given on the command line: the file has no say.
+        (Some(_), _) => None,
+        (None, Some(s)) => Some(config.repository_for(s)?),
+        (None, None) if config.repositories.len() == 1 => Some(config.repository(None)?),
+        (None, None) => None,
+    };
+    let Some((_, r)) = chosen else { return Ok(()) };
+    g.repo = Some(r.url.clone());
+    if g.data_repo.is_none() {
+        g.data_repo = r.data_url.clone();
+    }
+    if g.password_file.is_none() && g.key_file.is_none() {
+        g.password_file = r.password_file.clone();
+        g.key_file = r.key_file.clone();
+    }
+    if g.cache_dir.is_none() {
+        g.cache_dir = r.cache_dir.clone();
+    }
+    Ok(())
+}
+
 /// The first line of a secret file, without its line ending.
 pub fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or("").to_string()

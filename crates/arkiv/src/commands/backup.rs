@@ -8,12 +8,17 @@ use anyhow::Result;
 use arkiv_source::files::{self, BackupOptions, PathFilter, Progress};
 use arkiv_source::stream::{self, StreamOptions, StreamSource};
 
+use arkiv_control::Config;
+
 use crate::cli::{BackupArgs, Global};
 use crate::output;
 use crate::progress::Ticker;
 use crate::Usage;
 
-pub fn run(g: &Global, a: BackupArgs) -> Result<ExitCode> {
+pub fn run(g: &Global, config: Option<&Config>, a: BackupArgs) -> Result<ExitCode> {
+    if !a.sources.is_empty() {
+        return run_configured(g, config, a);
+    }
     if let Some(url) = a.paths.first().and_then(|p| p.to_str()).filter(|p| arkiv_source::spec::kind_of(p).is_some()) {
         if a.paths.len() > 1 {
             return Err(Usage("a source URL is backed up on its own: give it alone, without paths".into()).into());
@@ -66,6 +71,58 @@ pub fn run(g: &Global, a: BackupArgs) -> Result<ExitCode> {
     };
     ticker.finish();
     report(g, a.dry_run, outcome?)
+}
+
+/// Backs up sources named in the configuration file, one after another;
+/// the first that fails stops the run.
+fn run_configured(g: &Global, config: Option<&Config>, a: BackupArgs) -> Result<ExitCode> {
+    let Some(c) = config else {
+        return Err(
+            Usage("--source names a source of the configuration file: give --config (or ARKIV_CONFIG)".into()).into()
+        );
+    };
+    if !a.paths.is_empty() || a.stdin || a.stdin_filename.is_some() {
+        return Err(
+            Usage("--source takes no paths or --stdin: the configuration file says what to back up".into()).into()
+        );
+    }
+    if a.sources.len() > 1 && !g.repo.as_ref().is_some_and(|r| c.repositories.contains_key(r)) {
+        let repos: std::collections::BTreeSet<&str> =
+            a.sources.iter().map(|s| c.repository_for(s).map(|(n, _)| n)).collect::<Result<_, _>>()?;
+        if repos.len() > 1 {
+            return Err(Usage(format!(
+                "the sources named go to different repositories ({}): back them up one at a time",
+                repos.into_iter().collect::<Vec<_>>().join(", ")
+            ))
+            .into());
+        }
+    }
+    let mut code = ExitCode::SUCCESS;
+    for name in &a.sources {
+        let s = c.source(name)?;
+        let mut args = a.clone();
+        args.sources.clear();
+        args.tags = s.tags.iter().chain(&a.tags).cloned().collect();
+        args.host = a.host.clone().or_else(|| s.host.clone());
+        if !g.quiet && !g.json && a.sources.len() > 1 {
+            println!("== {name}");
+        }
+        let done = match c.source_url(name)? {
+            Some(url) => {
+                let source = arkiv_source::spec::source(&url).expect("checked when the file was read")?;
+                run_stream(g, &args, source.as_ref())?
+            }
+            None => {
+                args.paths = s.paths.clone();
+                args.excludes = s.exclude.iter().chain(&a.excludes).cloned().collect();
+                run(g, None, args)?
+            }
+        };
+        if done != ExitCode::SUCCESS {
+            code = done;
+        }
+    }
+    Ok(code)
 }
 
 /// Backs up a database or other stream source.

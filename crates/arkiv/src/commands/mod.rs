@@ -17,16 +17,30 @@ use anyhow::Result;
 use crate::cli::{Cli, Command, FilterArgs};
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    let g = &cli.global;
+    let mut global = cli.global.clone();
+    let config = match &global.config {
+        Some(path) => Some(arkiv_control::Config::load(path)?),
+        None => None,
+    };
+    if let Some(c) = &config {
+        // A named source brings its own repository (unless --repo names one).
+        let source = match &cli.command {
+            Command::Backup(a) => a.sources.first().cloned(),
+            Command::Verify(a) => a.source.clone(),
+            _ => None,
+        };
+        crate::context::apply_config(&mut global, c, source.as_deref())?;
+    }
+    let g = &global;
     match cli.command {
         Command::Init(a) => maintenance::init(g, a),
-        Command::Backup(a) => backup::run(g, a),
+        Command::Backup(a) => backup::run(g, config.as_ref(), a),
         Command::Snapshots(a) => browse::snapshots(g, a),
         Command::Ls(a) => browse::ls(g, a),
         Command::Diff(a) => browse::diff(g, a),
         Command::Find(a) => browse::find(g, a),
         Command::Restore(a) => restore::run(g, a),
-        Command::Verify(a) => verify::run(g, a),
+        Command::Verify(a) => verify::run(g, config.as_ref(), a),
         Command::Check(a) => maintenance::check(g, a),
         Command::Stats(a) => maintenance::stats(g, a),
         Command::Key(k) => keys::run(g, k),

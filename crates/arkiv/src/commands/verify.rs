@@ -6,18 +6,45 @@ use anyhow::Result;
 use arkiv_source::stream::Streams;
 use arkiv_source::verify::{self, Assertion, DirSandbox, Sandbox};
 
+use arkiv_control::Config;
+
 use crate::cli::{Global, VerifyArgs};
 use crate::output;
 use crate::progress::Ticker;
+use crate::Usage;
 
 /// Exit status of a verify whose restore or assertions failed: the run
 /// itself worked, the backup did not pass.
 pub const EXIT_VERIFY_FAILED: u8 = 1;
 
-pub fn run(g: &Global, a: VerifyArgs) -> Result<ExitCode> {
+pub fn run(g: &Global, config: Option<&Config>, mut a: VerifyArgs) -> Result<ExitCode> {
+    let mut filter = super::snapshot_filter(&a.filter);
+    if let Some(name) = a.source.clone() {
+        let Some(c) = config else {
+            return Err(Usage(
+                "--source names a source of the configuration file: give --config (or ARKIV_CONFIG)".into(),
+            )
+            .into());
+        };
+        let s = c.source(&name)?;
+        // The source's own snapshots: those of its location.
+        filter.paths = match c.source_url(&name)? {
+            Some(url) => vec![arkiv_source::spec::source(&url).expect("checked when the file was read")?.location()],
+            None => {
+                arkiv_source::files::backup::absolute_paths(&s.paths)?.iter().map(|p| p.display().to_string()).collect()
+            }
+        };
+        if let Some(v) = &s.verify {
+            a.sandbox = a.sandbox.or_else(|| v.sandbox.clone());
+            a.sql.extend(v.sql.iter().cloned());
+            a.tables.extend(v.tables.iter().cloned());
+            a.rows.extend(v.rows.iter().cloned());
+            a.commands.extend(v.commands.iter().cloned());
+        }
+    }
     let assertions = assertions(&a)?;
     let repo = crate::context::open(g)?;
-    let snap = repo.find_snapshot(&a.snapshot, &super::snapshot_filter(&a.filter))?;
+    let snap = repo.find_snapshot(&a.snapshot, &filter)?;
     let kind = snap.snapshot.source.clone();
     let location = snap.snapshot.paths.first().cloned().unwrap_or_default();
     let mut sandbox: Box<dyn Sandbox> = match arkiv_source::spec::sandbox(&kind, &location, a.sandbox.as_deref()) {

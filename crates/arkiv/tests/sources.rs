@@ -1,0 +1,174 @@
+//! The stream-source machinery through the binary, on the source that needs
+//! no server (`command:`): what a failed or killed dump leaves (nothing),
+//! restores into a program, the configuration file's named sources, and
+//! `verify` in a directory sandbox.
+
+mod common;
+
+use std::fs;
+
+use common::{assert_code, stderr, Scratch};
+
+fn snapshot_count(s: &Scratch) -> usize {
+    s.snapshots().len()
+}
+
+#[test]
+fn a_commands_output_restores_byte_for_byte_into_another_command() {
+    let s = Scratch::new();
+    let id = s.backup(&["command:seq 1 300000; printf 'no newline at the end'"]);
+    let out = s.join("restored");
+    s.ok(&["restore", &id, "--target", &format!("command:cat > '{}'", out.display())]);
+    let mut want: String = (1..=300000).map(|i| format!("{i}\n")).collect();
+    want.push_str("no newline at the end");
+    assert_eq!(fs::read_to_string(&out).unwrap(), want);
+    let snap = &s.snapshots()[0];
+    assert_eq!(snap["source"], "command");
+    assert_eq!(snap["paths"][0], "command:seq 1 300000; printf 'no newline at the end'");
+    assert_eq!(snap["metadata"]["streams"][0]["name"], "stdout");
+    assert_eq!(snap["metadata"]["streams"][0]["bytes"].as_u64(), Some(want.len() as u64));
+}
+
+#[test]
+fn a_command_that_fails_or_is_killed_never_becomes_a_snapshot() {
+    let s = Scratch::new();
+    for cmd in ["seq 1 100000; echo 'dump broke' >&2; exit 3", "seq 1 100000; kill -9 $$"] {
+        let out = s.run(&["backup", &format!("command:{cmd}")]);
+        assert_code(&out, 1, cmd);
+        let err = stderr(&out);
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.contains("exit status 3") && err.contains("dump broke") || err.contains("signal 9"), "{err}");
+        assert_eq!(snapshot_count(&s), 0, "{cmd}");
+    }
+    s.ok(&["check"]);
+}
+
+#[test]
+fn a_restore_command_that_exits_early_is_an_error_with_its_status_not_a_silent_death() {
+    let s = Scratch::new();
+    // More than a pipe's buffer, so the writer meets the closed pipe.
+    let id = s.backup(&["command:head -c 20000000 /dev/urandom"]);
+    let out = s.run(&["restore", &id, "--target", "command:echo 'refusing input' >&2; exit 4"]);
+    assert_code(&out, 1, "restore into a command that exits 4");
+    let err = stderr(&out);
+    assert!(err.contains("exit status 4") && err.contains("refusing input"), "{err}");
+}
+
+#[test]
+fn an_unchanged_dump_is_not_stored_twice() {
+    let s = Scratch::new();
+    let cmd = "command:seq 1 3000000";
+    let first = s.backup_json(&[cmd]);
+    let second = s.backup_json(&[cmd]);
+    let new1 = first["snapshot"]["summary"]["bytes_new"].as_u64().unwrap();
+    let new2 = second["snapshot"]["summary"]["bytes_new"].as_u64().unwrap();
+    assert!(new1 > 20_000_000, "first backup stored {new1} bytes of new data");
+    // Only the tree (it holds a new time stamp) is new.
+    assert!(new2 < 4096, "second backup of the same output added {new2} bytes");
+}
+
+#[test]
+fn restore_flags_for_databases_are_refused_for_a_directory_target() {
+    let s = Scratch::new();
+    let id = s.backup(&["command:echo hi"]);
+    let out = s.run(&["restore", &id, "--target", s.join("dir").to_str().unwrap(), "--table", "t"]);
+    assert_code(&out, 2, "restore --table into a directory");
+    assert!(stderr(&out).contains("--table"), "{}", stderr(&out));
+    // A stream snapshot can still be restored as plain files.
+    let dir = s.restore(&id, "plain");
+    assert_eq!(fs::read_to_string(dir.join("stdout")).unwrap(), "hi\n");
+}
+
+fn write_config(s: &Scratch, sources: &str) -> std::path::PathBuf {
+    let pw = s.join("password");
+    fs::write(&pw, format!("{}\n", s.password)).unwrap();
+    let path = s.join("arkiv.toml");
+    let text = format!(
+        "[repositories.main]\nurl = \"{}\"\npassword_file = \"{}\"\n\n{sources}",
+        s.repo.display(),
+        pw.display()
+    );
+    fs::write(&path, text).unwrap();
+    path
+}
+
+/// A command with only the configuration file: no --repo, no password.
+fn configured(s: &Scratch, config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut c = common::bare_command();
+    c.arg("--config").arg(config).args(args).env("TMPDIR", s.path());
+    common::run(c)
+}
+
+#[test]
+fn named_sources_back_up_into_their_repository_and_verify_with_their_assertions() {
+    let s = Scratch::new();
+    let data = s.join("data");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("a.txt"), "alpha").unwrap();
+    fs::write(data.join("skip.tmp"), "x").unwrap();
+    let config = write_config(
+        &s,
+        &format!(
+            r#"
+[sources.numbers]
+url = "command:seq 1 1000"
+tags = ["nightly"]
+
+[sources.numbers.verify]
+commands = ["test $(wc -l < \"$ARKIV_SANDBOX_DIR/stdout\") -eq 1000"]
+
+[sources.docs]
+paths = ["{}"]
+exclude = ["*.tmp"]
+
+[sources.docs.verify]
+commands = ["test -f \"$ARKIV_SANDBOX_DIR{}/a.txt\"", "test -f \"$ARKIV_SANDBOX_DIR{}/skip.tmp\""]
+"#,
+            data.display(),
+            data.display(),
+            data.display()
+        ),
+    );
+    let out = configured(&s, &config, &["backup", "--source", "numbers", "--source", "docs"]);
+    assert_code(&out, 0, "backup --source numbers --source docs");
+    let snaps = s.snapshots();
+    assert_eq!(snaps.len(), 2);
+    assert_eq!(snaps[0]["tags"][0], "nightly");
+
+    let out = configured(&s, &config, &["verify", "--source", "numbers"]);
+    assert_code(&out, 0, "verify --source numbers");
+    // The files source's second assertion wants an excluded file: it fails,
+    // and the sandbox is gone all the same.
+    let out = configured(&s, &config, &["verify", "--source", "docs"]);
+    assert_code(&out, 1, "verify --source docs");
+    assert!(stderr(&out).contains("FAIL") && stderr(&out).contains("skip.tmp"), "{}", stderr(&out));
+    let left: Vec<_> = fs::read_dir(s.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("arkiv-verify-"))
+        .collect();
+    assert!(left.is_empty(), "sandbox left behind: {left:?}");
+}
+
+#[test]
+fn a_misspelt_configuration_key_is_a_one_line_error_naming_the_file() {
+    let s = Scratch::new();
+    let config = write_config(&s, "[sources.x]\nurl = \"command:true\"\ntagz = [\"a\"]\n");
+    let out = configured(&s, &config, &["backup", "--source", "x"]);
+    assert_code(&out, 1, "backup with a bad config");
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("arkiv.toml") && err.contains("tagz"), "{err}");
+    assert_eq!(snapshot_count(&s), 0);
+}
+
+#[test]
+fn verify_fails_when_an_assertion_fails_and_says_which() {
+    let s = Scratch::new();
+    let id = s.backup(&["command:echo 42"]);
+    let ok = s.run(&["verify", &id, "--assert-command", "grep -qx 42 \"$ARKIV_SANDBOX_DIR/stdout\""]);
+    assert_code(&ok, 0, "verify with a passing assertion");
+    let bad = s.run(&["verify", &id, "--assert-command", "grep -qx 43 \"$ARKIV_SANDBOX_DIR/stdout\""]);
+    assert_code(&bad, 1, "verify with a failing assertion");
+    assert!(stderr(&bad).contains("1 of 1 assertion(s) failed"), "{}", stderr(&bad));
+}
