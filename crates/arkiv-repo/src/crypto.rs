@@ -56,6 +56,15 @@ impl MasterKey {
         k
     }
 
+    /// A key for a sibling repository (a replica): its own encryption key,
+    /// but this key's blob-id key and chunker seed, so the two name and cut
+    /// the same data the same way and `copy` can move blobs as they are.
+    pub fn sibling(&self) -> Self {
+        let mut k = MasterKey { encryption: [0; 32], id: self.id, chunker: self.chunker };
+        rand::rngs::OsRng.fill_bytes(&mut k.encryption);
+        k
+    }
+
     pub fn to_bytes(&self) -> [u8; 96] {
         let mut out = [0u8; 96];
         out[..32].copy_from_slice(&self.encryption);

@@ -102,11 +102,31 @@ pub struct SlotInfo {
 impl Repository {
     /// Creates a new repository in an empty location.
     pub fn init(backend: Backend, cred: &Credential, opts: InitOptions) -> Result<Repository> {
+        Repository::init_with_key(backend, cred, opts, MasterKey::generate())
+    }
+
+    /// Creates a repository that chunks and names data as `like` does (the
+    /// same chunker parameters and secret, the same blob-id key) with its
+    /// own encryption key, so `copy` between the two sends blobs as they
+    /// are instead of reading and chunking every file again (restic's
+    /// `init --copy-chunker-params`). The price: someone holding both
+    /// repositories' keys can tell which chunks they share, which a replica
+    /// reveals anyway.
+    pub fn init_like(
+        backend: Backend,
+        cred: &Credential,
+        mut opts: InitOptions,
+        like: &Repository,
+    ) -> Result<Repository> {
+        opts.chunker = like.config().chunker;
+        Repository::init_with_key(backend, cred, opts, like.key().sibling())
+    }
+
+    fn init_with_key(backend: Backend, cred: &Credential, opts: InitOptions, key: MasterKey) -> Result<Repository> {
         opts.validate()?;
         if backend.exists(FileKind::Config, "config")? {
             return Err(Error::AlreadyExists { location: backend.location().to_string() });
         }
-        let key = MasterKey::generate();
         let config = RepoConfig {
             version: envelope::FORMAT_VERSION as u32,
             id: Id(crate::crypto::random_bytes()),

@@ -228,6 +228,19 @@ pub struct InitArgs {
     /// Unlock with a new key file written here instead of a password
     #[arg(long)]
     pub new_key_file: Option<PathBuf>,
+    /// Chunk and name data as the repository --from does (its own encryption key, though), so
+    /// `copy` between the two moves blobs without re-chunking
+    #[arg(long, requires = "from")]
+    pub copy_chunker_params: bool,
+    /// The repository whose chunker parameters are copied
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Password file for --from (else the global password)
+    #[arg(long, env = "ARKIV_FROM_PASSWORD_FILE")]
+    pub from_password_file: Option<PathBuf>,
+    /// Key file for --from
+    #[arg(long, env = "ARKIV_FROM_KEY_FILE")]
+    pub from_key_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone, Default)]

@@ -383,3 +383,40 @@ fn copy_takes_its_source_from_the_global_options_and_refuses_bad_pairs() {
     c.arg("--repo").arg(&a.repo).arg("--password-file").arg(password_file(&a)).arg("copy");
     assert_code(&run(c), 2, "copy without --to");
 }
+
+#[test]
+fn a_replica_made_with_copy_chunker_params_receives_blobs_as_they_are() {
+    let a = repository("first password");
+    let src = source(&a);
+    add_version(&src, 0);
+    let id = backup_kept(&a, &src);
+
+    // B: its own password and encryption key, A's chunking and blob ids.
+    let mut b = Scratch::uninitialised();
+    b.password = "second password".into();
+    write_file(password_file(&b), b"second password\n");
+    let mut args: Vec<OsString> = vec!["init".into(), "--copy-chunker-params".into(), "--from".into()];
+    args.push(a.repo.clone().into());
+    args.push("--from-password-file".into());
+    args.push(password_file(&a).into());
+    args.extend(FAST_KDF.iter().map(OsString::from));
+    b.ok(&args);
+
+    let r = copy(&a, &b, &[]);
+    assert_eq!(r["same_chunking"], true, "{r}");
+    assert_eq!(r["copied"].as_array().unwrap().len(), 1, "{r}");
+    let copy_id = by_identity(&b)[&id]["id"].as_str().unwrap().to_string();
+    assert_restores_as(&b, &copy_id, "b", &src, &a, &id);
+    b.ok(&["check", "--read-data"]);
+    // Still B's own key: A's password does not open it.
+    let mut wrong = b.cmd(&["snapshots"]);
+    wrong.env("ARKIV_PASSWORD", "first password");
+    assert_code(&run(wrong), 1, "snapshots with A's password");
+
+    // A wrong password for --from creates nothing.
+    let c = Scratch::uninitialised();
+    let out =
+        c.run(&[OsStr::new("init"), OsStr::new("--copy-chunker-params"), OsStr::new("--from"), a.repo.as_os_str()]);
+    assert_code(&out, 1, "init --copy-chunker-params with a wrong --from password");
+    assert!(!c.repo.exists(), "a repository was created although --from could not be opened");
+}

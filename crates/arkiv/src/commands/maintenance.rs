@@ -16,6 +16,18 @@ use crate::output;
 use crate::progress::Ticker;
 
 pub fn init(g: &Global, a: InitArgs) -> Result<ExitCode> {
+    if a.from.is_some() && !a.copy_chunker_params {
+        return Err(crate::Usage("--from is only used with --copy-chunker-params".into()).into());
+    }
+    // Opened first: a wrong password for --from must not leave a new,
+    // unrelated repository behind.
+    let like = match (&a.from, a.copy_chunker_params) {
+        (Some(from), true) => {
+            let cred = crate::context::credential_for(g, a.from_key_file.as_deref(), a.from_password_file.as_deref())?;
+            Some(crate::context::open_at(g, from, None, &cred)?)
+        }
+        _ => None,
+    };
     let backend = crate::context::backend(g)?;
     let cred = match &a.new_key_file {
         Some(path) => {
@@ -40,7 +52,10 @@ pub fn init(g: &Global, a: InitArgs) -> Result<ExitCode> {
         kdf: KdfParams { memory_kib: a.argon2_memory_kib, iterations: a.argon2_iterations, parallelism: 1 },
         ..Default::default()
     };
-    let repo = Repository::init(backend, &cred, opts)?;
+    let repo = match &like {
+        Some(like) => Repository::init_like(backend, &cred, opts, like)?,
+        None => Repository::init(backend, &cred, opts)?,
+    };
     if g.json {
         output::json(
             &serde_json::json!({ "id": repo.config().id, "location": repo.backend().location(), "config": repo.config() }),
