@@ -407,6 +407,84 @@ mod tests {
         assert!(!req.contains(key), "the account key went over the wire: {req}");
     }
 
+    /// Google Cloud Storage is not run against a real server here either;
+    /// this follows a whole credential flow on the wire. The credential file
+    /// is a workload-identity one (an external account, as CI systems and
+    /// other clouds use): its subject token, read from a file, is exchanged
+    /// at the file's `token_url` for an access token, which then signs the
+    /// object read as a bearer token. Both ends are a loopback listener.
+    #[test]
+    fn gcs_requests_exchange_the_credential_file_for_a_token_and_name_the_bucket_and_object() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 8192];
+                // Headers, then as much body as Content-Length says.
+                loop {
+                    let n = conn.read(&mut buf).unwrap();
+                    req.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&req).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if req.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let text = String::from_utf8_lossy(&req).to_string();
+                let reply: &[u8] = if text.starts_with("POST /token") {
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 148\r\nConnection: close\r\n\r\n{\"access_token\":\"ya29.arkiv-test-token\",\"issued_token_type\":\"urn:ietf:params:oauth:token-type:access_token\",\"token_type\":\"Bearer\",\"expires_in\":3600}"
+                } else {
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                };
+                conn.write_all(reply).unwrap();
+                seen.push(text);
+            }
+            seen
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let subject = dir.path().join("subject-token");
+        std::fs::write(&subject, "subject-token-from-the-ci-system").unwrap();
+        let cred = dir.path().join("credential.json");
+        std::fs::write(
+            &cred,
+            format!(
+                r#"{{"type":"external_account","audience":"//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/ci/providers/arkiv","subject_token_type":"urn:ietf:params:oauth:token-type:jwt","token_url":"http://127.0.0.1:{port}/token","credential_source":{{"file":"{}","format":{{"type":"text"}}}}}}"#,
+                subject.display()
+            ),
+        )
+        .unwrap();
+        let store = open_store(
+            &format!("gs://backups/host1?endpoint=http://127.0.0.1:{port}&credential_path={}", cred.display()),
+            &StoreOptions::default(),
+        )
+        .unwrap();
+        let backend = crate::backend::Backend::new(store, None);
+        let err = backend.read(crate::backend::FileKind::Config, "config").unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{err}");
+        let seen = server.join().unwrap();
+        assert!(seen[0].starts_with("POST /token "), "{}", seen[0]);
+        assert!(seen[0].contains("subject-token-from-the-ci-system"), "{}", seen[0]);
+        assert!(seen[0].contains("token-exchange"), "an STS token exchange: {}", seen[0]);
+        let get = &seen[1];
+        assert!(get.starts_with("GET /storage/v1/b/backups/o/host1%2Fconfig?alt=media "), "{get}");
+        assert!(get.to_ascii_lowercase().contains("authorization: bearer ya29.arkiv-test-token"), "{get}");
+    }
+
     #[test]
     fn redaction_drops_query_and_passwords() {
         assert_eq!(redact("s3://b/p?endpoint=http://x"), "s3://b/p");
