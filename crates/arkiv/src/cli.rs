@@ -259,7 +259,7 @@ pub struct FilterArgs {
 #[derive(Args, Debug, Clone)]
 pub struct BackupArgs {
     /// Files and directories to back up, or one source URL: postgres://, mysql://, sqlite:///path,
-    /// redis://, command:'COMMAND LINE', s3://bucket/prefix (see docs/sources.md)
+    /// redis://, command:'COMMAND LINE', s3://bucket/prefix (docs/sources.md)
     pub paths: Vec<PathBuf>,
     /// Leave out matching paths (a pattern without '/' matches a name anywhere; with '/', a path)
     #[arg(short = 'e', long = "exclude")]

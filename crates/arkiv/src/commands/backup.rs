@@ -154,7 +154,7 @@ fn run_stream(g: &Global, a: &BackupArgs, source: &dyn StreamSource) -> Result<E
     });
     let outcome = stream::backup(&indexed, source, &opts, &progress);
     ticker.finish();
-    let outcome = outcome.map_err(|e| anyhow::anyhow!("backup of {} failed: {e}", source.location()))?;
+    let outcome = outcome.map_err(|e| failed("backup of", &source.location(), e))?;
     if !g.json && !g.quiet {
         if let Some(streams) = outcome.snapshot.metadata.get("streams").and_then(|s| s.as_array()) {
             for s in streams {
@@ -206,4 +206,14 @@ fn report(g: &Global, dry_run: bool, outcome: files::BackupOutcome) -> Result<Ex
         return Ok(ExitCode::from(crate::EXIT_PARTIAL));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// "backup of LOCATION failed: …", without naming the location twice when
+/// the error already starts with it.
+pub fn failed(what: &str, location: &str, e: impl std::fmt::Display) -> anyhow::Error {
+    let text = e.to_string();
+    match text.strip_prefix(location).and_then(|rest| rest.strip_prefix(": ")) {
+        Some(rest) => anyhow::anyhow!("{what} {location} failed: {rest}"),
+        None => anyhow::anyhow!("{what} {location} failed: {text}"),
+    }
 }

@@ -1,7 +1,7 @@
 //! One module per group of commands; each turns parsed arguments into
 //! library calls and prints the result.
 
-mod backup;
+pub(crate) mod backup;
 mod browse;
 mod keys;
 mod maintenance;

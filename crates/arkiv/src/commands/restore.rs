@@ -124,7 +124,7 @@ fn run_stream(g: &Global, a: &RestoreArgs, target: &dyn StreamTarget) -> Result<
     let ticker = Ticker::new(g, &format!("restoring to {}", target.location()));
     let report = target.restore(&streams, &opts);
     ticker.finish();
-    let report = report.map_err(|e| anyhow::anyhow!("restore to {} failed: {e}", target.location()))?;
+    let report = report.map_err(|e| super::backup::failed("restore to", &target.location(), e))?;
     if g.json {
         output::json(&serde_json::json!({ "snapshot": snap.id, "result": report }));
     } else if !g.quiet {
