@@ -16,6 +16,10 @@ use opendal::{ErrorKind, Operator};
 use crate::error::{Error, Result};
 use crate::id::Id;
 
+/// OpenDAL itself, so a source reading object storage (the bucket source)
+/// uses the same version and services as the repository.
+pub use opendal;
+
 /// The IO runtime, behind a lock only so that [`shutdown`] can take it at
 /// the end of the process.
 fn runtime() -> &'static std::sync::RwLock<Option<tokio::runtime::Runtime>> {
@@ -35,7 +39,7 @@ fn runtime() -> &'static std::sync::RwLock<Option<tokio::runtime::Runtime>> {
 /// Runs a future to completion on the IO runtime. Callers may be plain
 /// threads or rayon workers; from inside another tokio runtime use
 /// `spawn_blocking` first.
-pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     let rt = runtime().read().unwrap_or_else(|e| e.into_inner());
     rt.as_ref().expect("storage used after arkiv_repo::backend::shutdown").block_on(f)
 }
@@ -64,6 +68,8 @@ pub enum FileKind {
     DataPack,
     /// A prune's record of packs awaiting deletion.
     Deletion,
+    /// A running prune's notice to other prunes.
+    Lock,
 }
 
 impl FileKind {
@@ -75,6 +81,7 @@ impl FileKind {
             FileKind::Index => "index/",
             FileKind::Pack | FileKind::DataPack => "data/",
             FileKind::Deletion => "deletions/",
+            FileKind::Lock => "locks/",
         }
     }
 
@@ -182,7 +189,9 @@ impl Store {
         Store { op, location: location.into(), local_root: Some(root), rename_writes: false }
     }
 
-    pub(crate) fn op(&self) -> &Operator {
+    /// The operator, for sources that read object storage themselves
+    /// (the bucket source).
+    pub fn op(&self) -> &Operator {
         &self.op
     }
 
@@ -213,7 +222,7 @@ impl std::fmt::Debug for Backend {
 
 /// One line, whatever the service put in its error: OpenDAL's own display
 /// carries response bodies (multi-line XML) and request context.
-pub(crate) fn describe(e: &opendal::Error) -> String {
+pub fn describe(e: &opendal::Error) -> String {
     let mut msg = e.message().to_string();
     let mut src = std::error::Error::source(e);
     let mut deepest = None;

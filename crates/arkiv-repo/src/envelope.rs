@@ -22,6 +22,7 @@ pub enum EnvelopeKind {
     Index = 2,
     Snapshot = 3,
     Deletion = 4,
+    Lock = 5,
 }
 
 impl EnvelopeKind {
@@ -31,6 +32,7 @@ impl EnvelopeKind {
             EnvelopeKind::Index => "index",
             EnvelopeKind::Snapshot => "snapshot",
             EnvelopeKind::Deletion => "deletion record",
+            EnvelopeKind::Lock => "lock",
         }
     }
 }

@@ -50,6 +50,9 @@ pub enum Error {
 
     #[error("key slot {slot}: {reason}")]
     KeySlot { slot: String, reason: String },
+
+    #[error("{location}: another {holder}; wait for it to finish (if it is not running, delete {lock})")]
+    Locked { location: String, holder: String, lock: String },
 }
 
 impl Error {

@@ -24,6 +24,7 @@ pub mod id;
 pub mod index;
 pub mod keys;
 pub mod location;
+pub mod lock;
 pub mod pack;
 pub mod prune;
 pub mod repository;

@@ -145,6 +145,8 @@ fn pack_bytes(p: &IndexedPack) -> u64 {
 /// Runs one prune. `progress` hears each stage's name.
 pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &dyn Fn(&str)) -> Result<PruneReport> {
     repo.require_full_access("prune")?;
+    // Held until the prune returns; a dry run changes nothing and needs none.
+    let _lock = if opts.dry_run { None } else { Some(crate::lock::Lock::acquire(repo, "prune")?) };
     let now = Utc::now();
     let mut report = PruneReport { dry_run: opts.dry_run, ..Default::default() };
 

@@ -137,6 +137,11 @@ pub struct Node {
     pub target: Option<Name>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub xattrs: Vec<Xattr>,
+    /// The object's entity tag, for files read from object storage: with
+    /// the size, what tells an incremental bucket backup the object is
+    /// unchanged (buckets have no inode or ctime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
 }
 
 impl Node {
@@ -159,6 +164,7 @@ impl Node {
             subtree: None,
             target: None,
             xattrs: Vec::new(),
+            etag: None,
         }
     }
 }
