@@ -151,7 +151,7 @@ impl Config {
                     )));
                 }
                 (Some(url), true) => {
-                    if arkiv_source::spec::kind_of(url).is_none() {
+                    if !arkiv_source::spec::is_source_url(url) {
                         return Err(self.invalid(format!(
                             "sources.{name}.url '{url}' is not a source URL (postgres://, mysql://, sqlite://, redis://, command:, s3://, gs://, azblob://); for files use paths"
                         )));

@@ -9,11 +9,16 @@
 //! `arkiv-control`), nor about the repository's bytes: it talks to the
 //! engine only through `Indexed`, `Writer` and trees of `Node`s.
 
+pub mod bucket;
 pub mod command;
 pub mod error;
 pub mod files;
+pub mod mysql;
+pub mod postgres;
 pub mod process;
+pub mod redis;
 pub mod spec;
+pub mod sqlite;
 pub mod stream;
 pub mod verify;
 

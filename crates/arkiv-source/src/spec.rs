@@ -12,8 +12,20 @@ pub fn kind_of(spec: &str) -> Option<&'static str> {
     let scheme = spec.split_once(':')?.0.to_ascii_lowercase();
     Some(match scheme.as_str() {
         "command" => "command",
+        "postgres" | "postgresql" => "postgres",
+        "sqlite" => "sqlite",
+        "mysql" | "mariadb" => "mysql",
+        // rediss:// is named so that its refusal says why.
+        "redis" | "rediss" => "redis",
         _ => return None,
     })
+}
+
+/// Whether `spec` names a source rather than a path: a stream source's URL
+/// or a bucket's (`s3://`, `gs://`, `azblob://`), which is a tree source of
+/// its own (`crate::bucket`).
+pub fn is_source_url(spec: &str) -> bool {
+    kind_of(spec).is_some() || crate::bucket::is_bucket_url(spec)
 }
 
 /// The source a URL names, or `None` if it is not a source URL (a path).
@@ -22,6 +34,10 @@ pub fn source(spec: &str) -> Option<Result<Box<dyn StreamSource>>> {
     let rest = &spec[spec.find(':').expect("has a scheme") + 1..];
     Some(match kind {
         "command" => crate::command::CommandSource::new(rest).map(|s| Box::new(s) as Box<dyn StreamSource>),
+        "postgres" => crate::postgres::PgDumpSource::new(spec).map(|s| Box::new(s) as Box<dyn StreamSource>),
+        "sqlite" => crate::sqlite::SqliteSource::new(rest).map(|s| Box::new(s) as Box<dyn StreamSource>),
+        "mysql" => crate::mysql::MysqlSource::new(spec).map(|s| Box::new(s) as Box<dyn StreamSource>),
+        "redis" => crate::redis::RedisSource::new(spec).map(|s| Box::new(s) as Box<dyn StreamSource>),
         _ => unreachable!("every kind is handled"),
     })
 }
@@ -32,6 +48,10 @@ pub fn target(spec: &str) -> Option<Result<Box<dyn StreamTarget>>> {
     let rest = &spec[spec.find(':').expect("has a scheme") + 1..];
     Some(match kind {
         "command" => Ok(Box::new(crate::command::CommandTarget { command: rest.to_string() }) as Box<dyn StreamTarget>),
+        "postgres" => crate::postgres::PgTarget::new(spec).map(|t| Box::new(t) as Box<dyn StreamTarget>),
+        "sqlite" => crate::sqlite::SqliteTarget::new(rest).map(|t| Box::new(t) as Box<dyn StreamTarget>),
+        "mysql" => crate::mysql::MysqlTarget::new(spec).map(|t| Box::new(t) as Box<dyn StreamTarget>),
+        "redis" => crate::redis::RedisFileTarget::new(spec).map(|t| Box::new(t) as Box<dyn StreamTarget>),
         _ => unreachable!("every kind is handled"),
     })
 }
@@ -45,6 +65,12 @@ pub fn target(spec: &str) -> Option<Result<Box<dyn StreamTarget>>> {
 pub fn sandbox(kind: &str, location: &str, spec: Option<&str>) -> Option<Result<Box<dyn Sandbox>>> {
     let _ = (location, spec);
     match kind {
+        "postgres" => Some(crate::postgres::sandbox::sandbox(location, spec)),
+        // `--sandbox DIR`: where the temporary directory is made.
+        "sqlite" => Some(Ok(Box::new(crate::sqlite::SqliteSandbox::new(spec)))),
+        // `--sandbox mysql://…`: another server for the scratch database.
+        "mysql" => Some(crate::mysql::MysqlSandbox::new(location, spec).map(|s| Box::new(s) as Box<dyn Sandbox>)),
+        "redis" => Some(crate::redis::RedisSandbox::new(spec).map(|s| Box::new(s) as Box<dyn Sandbox>)),
         _ => None,
     }
 }

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::Result;
+use arkiv_source::bucket;
 use arkiv_source::files::{self, BackupOptions, PathFilter, Progress};
 use arkiv_source::stream::{self, StreamOptions, StreamSource};
 
@@ -19,12 +20,11 @@ pub fn run(g: &Global, config: Option<&Config>, a: BackupArgs) -> Result<ExitCod
     if !a.sources.is_empty() {
         return run_configured(g, config, a);
     }
-    if let Some(url) = a.paths.first().and_then(|p| p.to_str()).filter(|p| arkiv_source::spec::kind_of(p).is_some()) {
+    if let Some(url) = a.paths.first().and_then(|p| p.to_str()).filter(|p| arkiv_source::spec::is_source_url(p)) {
         if a.paths.len() > 1 {
             return Err(Usage("a source URL is backed up on its own: give it alone, without paths".into()).into());
         }
-        let source = arkiv_source::spec::source(url).expect("a source URL")?;
-        return run_stream(g, &a, source.as_ref());
+        return run_url(g, &a, url);
     }
     let stdin = a.stdin || a.stdin_filename.is_some();
     if stdin && !a.paths.is_empty() {
@@ -108,10 +108,7 @@ fn run_configured(g: &Global, config: Option<&Config>, a: BackupArgs) -> Result<
             println!("== {name}");
         }
         let done = match c.source_url(name)? {
-            Some(url) => {
-                let source = arkiv_source::spec::source(&url).expect("checked when the file was read")?;
-                run_stream(g, &args, source.as_ref())?
-            }
+            Some(url) => run_url(g, &args, &url)?,
             None => {
                 args.paths = s.paths.clone();
                 args.excludes = s.exclude.iter().chain(&a.excludes).cloned().collect();
@@ -123,6 +120,56 @@ fn run_configured(g: &Global, config: Option<&Config>, a: BackupArgs) -> Result<
         }
     }
     Ok(code)
+}
+
+/// Backs up what a source URL names: a bucket, or a stream source.
+fn run_url(g: &Global, a: &BackupArgs, url: &str) -> Result<ExitCode> {
+    if bucket::is_bucket_url(url) {
+        return run_bucket(g, a, url);
+    }
+    let source = arkiv_source::spec::source(url).expect("a source URL")?;
+    run_stream(g, a, source.as_ref())
+}
+
+/// Backs up the objects under a bucket prefix.
+fn run_bucket(g: &Global, a: &BackupArgs, url: &str) -> Result<ExitCode> {
+    let file_only = [
+        ("--exclude", !a.excludes.is_empty()),
+        ("--exclude-file", !a.exclude_files.is_empty()),
+        ("--exclude-caches", a.exclude_caches),
+        ("--one-file-system", a.one_file_system),
+        ("--parent", a.parent.is_some()),
+        ("--stdin", a.stdin || a.stdin_filename.is_some()),
+    ];
+    if let Some((flag, _)) = file_only.iter().find(|(_, on)| *on) {
+        return Err(Usage(format!("{flag} applies to files, not to a bucket")).into());
+    }
+    let mut source = bucket::BucketSource::open(url, &crate::context::store_options(g)?)?;
+    source.force = a.force;
+    let opts = StreamOptions { tags: a.tags.clone(), host: a.host.clone(), dry_run: a.dry_run };
+    let indexed = crate::context::open(g)?.index()?;
+    let progress = Arc::new(Progress::default());
+    let p = progress.clone();
+    let ticker = Ticker::start(g, "{spinner} {elapsed_precise} {msg}", move |bar| {
+        bar.set_message(format!(
+            "{} objects, {} processed ({} read)",
+            p.files.load(Ordering::Relaxed),
+            output::bytes(p.bytes.load(Ordering::Relaxed)),
+            output::bytes(p.bytes_read.load(Ordering::Relaxed)),
+        ));
+        bar.tick();
+    });
+    let outcome = bucket::backup(&indexed, &source, &opts, &progress);
+    ticker.finish();
+    let outcome = outcome.map_err(|e| failed("backup of", source.bucket.location(), e))?;
+    if !g.json && !g.quiet {
+        let m = &outcome.snapshot.summary;
+        println!(
+            "objects: {} new, {} changed, {} unchanged (not read)",
+            m.files_new, m.files_changed, m.files_unmodified
+        );
+    }
+    report(g, a.dry_run, outcome)
 }
 
 /// Backs up a database or other stream source.

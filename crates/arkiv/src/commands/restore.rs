@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::Result;
+use arkiv_source::bucket;
 use arkiv_source::files::{self, restore::RestoreProgress, PathFilter, RestoreOptions};
 use arkiv_source::stream::{self, StreamTarget, Streams};
 
@@ -14,6 +15,9 @@ use crate::progress::Ticker;
 use crate::Usage;
 
 pub fn run(g: &Global, a: RestoreArgs) -> Result<ExitCode> {
+    if let Some(url) = a.target.to_str().filter(|t| bucket::is_bucket_url(t)) {
+        return run_bucket(g, &a, url);
+    }
     if let Some(url) = a.target.to_str().filter(|t| arkiv_source::spec::kind_of(t).is_some()) {
         let target = arkiv_source::spec::target(url).expect("a target URL")?;
         return run_stream(g, &a, target.as_ref());
@@ -138,6 +142,61 @@ fn run_stream(g: &Global, a: &RestoreArgs, target: &dyn StreamTarget) -> Result<
             report.streams.len(),
             output::bytes(report.bytes),
             report.duration_secs
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Restores a snapshot's files as objects under a bucket prefix.
+fn run_bucket(g: &Global, a: &RestoreArgs, url: &str) -> Result<ExitCode> {
+    let stream_only = [
+        ("--table", !a.tables.is_empty()),
+        ("--schema", !a.schemas.is_empty()),
+        ("--clean", a.clean),
+        ("--database", a.database.is_some()),
+        ("--globals", a.globals),
+        ("--stream", a.stream.is_some()),
+    ];
+    if let Some((flag, _)) = stream_only.iter().find(|(_, on)| *on) {
+        return Err(Usage(format!("{flag} does not apply to a bucket target")).into());
+    }
+    let opts = bucket::BucketRestoreOptions {
+        includes: PathFilter::new(&a.includes)?,
+        excludes: PathFilter::new(&a.excludes)?,
+        overwrite: a.overwrite,
+        dry_run: a.dry_run,
+    };
+    let target = bucket::Bucket::open(url, &crate::context::store_options(g)?)?;
+    let repo = crate::context::open(g)?;
+    let snap = repo.find_snapshot(&a.snapshot, &super::snapshot_filter(&a.filter))?;
+    let indexed = repo.index()?;
+    let progress = Arc::new(RestoreProgress::default());
+    let p = progress.clone();
+    let ticker = Ticker::start(g, "{elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {msg}", move |bar| {
+        bar.set_length(p.total_bytes.load(Ordering::Relaxed));
+        bar.set_position(p.bytes.load(Ordering::Relaxed));
+    });
+    let out = bucket::restore(&indexed, &snap.id.short(), &snap.snapshot.tree, &target, &opts, &progress);
+    ticker.finish();
+    let out = out.map_err(|e| super::backup::failed("restore to", target.location(), e))?;
+    if g.json {
+        output::json(&serde_json::json!({ "snapshot": snap.id, "dry_run": a.dry_run, "result": out }));
+    } else if !g.quiet {
+        for k in &out.planned {
+            println!("would write {k}");
+        }
+        for p in &out.not_restorable {
+            println!("left out (a bucket cannot hold it): {p}");
+        }
+        let verb = if a.dry_run { "would restore" } else { "restored" };
+        println!(
+            "{verb} snapshot {} to {}: {} objects ({}), {} replaced, in {:.2}s",
+            snap.id.short(),
+            out.target,
+            out.objects,
+            output::bytes(out.bytes),
+            out.replaced,
+            out.duration_secs
         );
     }
     Ok(ExitCode::SUCCESS)
