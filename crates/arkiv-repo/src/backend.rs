@@ -51,7 +51,10 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 pub fn shutdown() {
     let rt = runtime().write().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(rt) = rt {
-        rt.shutdown_timeout(Duration::from_secs(5));
+        // Long enough for SFTP's `ssh -O exit` on a loaded machine (5 s
+        // was not, under a full parallel test run); only waits for work
+        // still in flight.
+        rt.shutdown_timeout(Duration::from_secs(15));
     }
 }
 

@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::thread::sleep;

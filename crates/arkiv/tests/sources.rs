@@ -172,3 +172,62 @@ fn verify_fails_when_an_assertion_fails_and_says_which() {
     assert_code(&bad, 1, "verify with a failing assertion");
     assert!(stderr(&bad).contains("1 of 1 assertion(s) failed"), "{}", stderr(&bad));
 }
+
+/// A tmpfs of `size` mounted inside the scratch area (the tests run as root,
+/// as CI does); unmounted when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(s: &Scratch, size: &str) -> SmallDisk {
+        let path = s.join("small-disk");
+        fs::create_dir_all(&path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs for the disk-full test: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { path }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.path).status();
+    }
+}
+
+#[test]
+fn a_restore_onto_a_full_disk_fails_in_one_line_and_leaves_nothing_half_written() {
+    let s = Scratch::new();
+    // A 3 MB database that does not compress, onto a 1 MiB file system.
+    let db = s.join("app.db");
+    let c = arkiv_source::sqlite::rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch("create table t(b blob); insert into t values (randomblob(3000000));").unwrap();
+    drop(c);
+    let id = s.backup(&[&format!("sqlite://{}", db.display())]);
+    let disk = SmallDisk::mount(&s, "1m");
+
+    let target = disk.path.join("restored");
+    let out = s.run(&["restore", &id, "--target", target.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0), "restore onto a full disk succeeded");
+    let err = stderr(&out);
+    assert!(err.contains("No space left on device"), "{err}");
+
+    let file = disk.path.join("out.db");
+    let out = s.run(&["restore", &id, "--target", &format!("sqlite://{}", file.display())]);
+    assert_code(&out, 1, "restore of a SQLite database onto a full disk");
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(!file.exists(), "a half-written {} was left behind", file.display());
+    let left: Vec<_> = fs::read_dir(&disk.path).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    assert!(left.iter().all(|n| n == "restored"), "temporary files left on the full disk: {left:?}");
+    s.ok(&["check", "--read-data"]);
+}
