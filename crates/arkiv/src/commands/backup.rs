@@ -133,15 +133,8 @@ fn run_url(g: &Global, a: &BackupArgs, url: &str) -> Result<ExitCode> {
 
 /// Backs up the objects under a bucket prefix.
 fn run_bucket(g: &Global, a: &BackupArgs, url: &str) -> Result<ExitCode> {
-    let file_only = [
-        ("--exclude", !a.excludes.is_empty()),
-        ("--exclude-file", !a.exclude_files.is_empty()),
-        ("--exclude-caches", a.exclude_caches),
-        ("--one-file-system", a.one_file_system),
-        ("--parent", a.parent.is_some()),
-        ("--stdin", a.stdin || a.stdin_filename.is_some()),
-    ];
-    if let Some((flag, _)) = file_only.iter().find(|(_, on)| *on) {
+    // --force applies: it re-reads objects the parent says are unchanged.
+    if let Some(flag) = file_only_flag(a, false) {
         return Err(Usage(format!("{flag} applies to files, not to a bucket")).into());
     }
     let mut source = bucket::BucketSource::open(url, &crate::context::store_options(g)?)?;
@@ -174,16 +167,7 @@ fn run_bucket(g: &Global, a: &BackupArgs, url: &str) -> Result<ExitCode> {
 
 /// Backs up a database or other stream source.
 fn run_stream(g: &Global, a: &BackupArgs, source: &dyn StreamSource) -> Result<ExitCode> {
-    let file_only = [
-        ("--exclude", !a.excludes.is_empty()),
-        ("--exclude-file", !a.exclude_files.is_empty()),
-        ("--exclude-caches", a.exclude_caches),
-        ("--one-file-system", a.one_file_system),
-        ("--parent", a.parent.is_some()),
-        ("--force", a.force),
-        ("--stdin", a.stdin || a.stdin_filename.is_some()),
-    ];
-    if let Some((flag, _)) = file_only.iter().find(|(_, on)| *on) {
+    if let Some(flag) = file_only_flag(a, true) {
         return Err(Usage(format!("{flag} applies to files, not to a {} source", source.kind())).into());
     }
     let opts = StreamOptions { tags: a.tags.clone(), host: a.host.clone(), dry_run: a.dry_run };
@@ -263,4 +247,20 @@ pub fn failed(what: &str, location: &str, e: impl std::fmt::Display) -> anyhow::
         Some(rest) => anyhow::anyhow!("{what} {location} failed: {rest}"),
         None => anyhow::anyhow!("{what} {location} failed: {text}"),
     }
+}
+
+/// The first flag given that only a files backup honours; `--force` counts
+/// as one unless the source compares against a parent too (buckets).
+fn file_only_flag(a: &BackupArgs, force_too: bool) -> Option<&'static str> {
+    [
+        ("--exclude", !a.excludes.is_empty()),
+        ("--exclude-file", !a.exclude_files.is_empty()),
+        ("--exclude-caches", a.exclude_caches),
+        ("--one-file-system", a.one_file_system),
+        ("--parent", a.parent.is_some()),
+        ("--force", force_too && a.force),
+        ("--stdin", a.stdin || a.stdin_filename.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(flag, on)| on.then_some(flag))
 }

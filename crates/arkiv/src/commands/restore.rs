@@ -22,15 +22,7 @@ pub fn run(g: &Global, a: RestoreArgs) -> Result<ExitCode> {
         let target = arkiv_source::spec::target(url).expect("a target URL")?;
         return run_stream(g, &a, target.as_ref());
     }
-    let stream_only = [
-        ("--table", !a.tables.is_empty()),
-        ("--schema", !a.schemas.is_empty()),
-        ("--clean", a.clean),
-        ("--database", a.database.is_some()),
-        ("--globals", a.globals),
-        ("--stream", a.stream.is_some()),
-    ];
-    if let Some((flag, _)) = stream_only.iter().find(|(_, on)| *on) {
+    if let Some(flag) = stream_only_flag(&a) {
         return Err(Usage(format!("{flag} needs a database or command target, not a directory")).into());
     }
     let opts = RestoreOptions {
@@ -149,15 +141,7 @@ fn run_stream(g: &Global, a: &RestoreArgs, target: &dyn StreamTarget) -> Result<
 
 /// Restores a snapshot's files as objects under a bucket prefix.
 fn run_bucket(g: &Global, a: &RestoreArgs, url: &str) -> Result<ExitCode> {
-    let stream_only = [
-        ("--table", !a.tables.is_empty()),
-        ("--schema", !a.schemas.is_empty()),
-        ("--clean", a.clean),
-        ("--database", a.database.is_some()),
-        ("--globals", a.globals),
-        ("--stream", a.stream.is_some()),
-    ];
-    if let Some((flag, _)) = stream_only.iter().find(|(_, on)| *on) {
+    if let Some(flag) = stream_only_flag(a) {
         return Err(Usage(format!("{flag} does not apply to a bucket target")).into());
     }
     let opts = bucket::BucketRestoreOptions {
@@ -200,4 +184,18 @@ fn run_bucket(g: &Global, a: &RestoreArgs, url: &str) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first flag given that only a database or command target honours.
+fn stream_only_flag(a: &RestoreArgs) -> Option<&'static str> {
+    [
+        ("--table", !a.tables.is_empty()),
+        ("--schema", !a.schemas.is_empty()),
+        ("--clean", a.clean),
+        ("--database", a.database.is_some()),
+        ("--globals", a.globals),
+        ("--stream", a.stream.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(flag, on)| on.then_some(flag))
 }
