@@ -79,18 +79,6 @@ fn objects(op: &opendal::Operator, prefix: &str) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// Reproducible bytes that do not compress or deduplicate by accident.
-fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn init_repo(dir: &Path) {
     let opts = InitOptions { kdf: KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 }, ..Default::default() };
     Repository::init(Backend::local(dir).unwrap(), &Credential::password(PASSWORD), opts).expect("init");
@@ -142,10 +130,10 @@ fn a_prefix_is_backed_up_incrementally_and_restored_into_a_directory_and_a_bucke
     init_repo(&repo);
 
     let mut want: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    want.insert("photos/a.jpg".into(), data(1, 300 << 10));
-    want.insert("photos/2024/b.png".into(), data(2, 5000));
+    want.insert("photos/a.jpg".into(), common::random_bytes(1, 300 << 10));
+    want.insert("photos/2024/b.png".into(), common::random_bytes(2, 5000));
     // More than one ranged read (8 MiB) and several chunks.
-    want.insert("docs/report.pdf".into(), data(3, 11 << 20));
+    want.insert("docs/report.pdf".into(), common::random_bytes(3, 11 << 20));
     want.insert("readme.txt".into(), b"hello".to_vec());
     want.insert("empty".into(), Vec::new());
     for (k, v) in &want {
@@ -171,7 +159,7 @@ fn a_prefix_is_backed_up_incrementally_and_restored_into_a_directory_and_a_bucke
 
     // One object replaced by as many different bytes (only the ETag
     // tells), one added, one deleted.
-    want.insert("photos/a.jpg".into(), data(10, 300 << 10));
+    want.insert("photos/a.jpg".into(), common::random_bytes(10, 300 << 10));
     want.insert("docs/new.txt".into(), b"new object".to_vec());
     want.remove("readme.txt");
     put(&op, "app/uploads/photos/a.jpg", &want["photos/a.jpg"]);
@@ -227,9 +215,9 @@ fn a_forced_backup_reads_every_object_and_only_selected_paths_are_restored() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
     init_repo(&repo);
-    put(&op, "site/a/1", &data(1, 1000));
-    put(&op, "site/a/2", &data(2, 1000));
-    put(&op, "site/b/3", &data(3, 1000));
+    put(&op, "site/a/1", &common::random_bytes(1, 1000));
+    put(&op, "site/a/2", &common::random_bytes(2, 1000));
+    put(&op, "site/b/3", &common::random_bytes(3, 1000));
     let spec = g.url("site");
     backup(&repo, &spec);
     let mut source = BucketSource::open(&spec, &StoreOptions::default()).unwrap();
@@ -311,7 +299,7 @@ fn the_binary_backs_up_a_bucket_url_and_restores_it_to_a_prefix_and_a_directory(
     let _env = Env::set(&g);
     let op = raw(&g);
     put(&op, "cli/src/a.txt", b"alpha");
-    put(&op, "cli/src/docs/b.bin", &data(7, 3 << 20));
+    put(&op, "cli/src/docs/b.bin", &common::random_bytes(7, 3 << 20));
     let s = common::Scratch::new();
     let arkiv = |args: &[&str]| {
         let mut c = s.cmd(args);

@@ -36,11 +36,7 @@ pub fn run(g: &Global, a: RestoreArgs) -> Result<ExitCode> {
     let snap = repo.find_snapshot(&a.snapshot, &super::snapshot_filter(&a.filter))?;
     let indexed = repo.index()?;
     let progress = Arc::new(RestoreProgress::default());
-    let p = progress.clone();
-    let ticker = Ticker::start(g, "{elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {msg}", move |bar| {
-        bar.set_length(p.total_bytes.load(Ordering::Relaxed));
-        bar.set_position(p.bytes.load(Ordering::Relaxed));
-    });
+    let ticker = progress_bar(g, &progress);
     let out = files::restore(&indexed, &snap.snapshot.tree, &opts, &progress);
     ticker.finish();
     let out = out?;
@@ -155,11 +151,7 @@ fn run_bucket(g: &Global, a: &RestoreArgs, url: &str) -> Result<ExitCode> {
     let snap = repo.find_snapshot(&a.snapshot, &super::snapshot_filter(&a.filter))?;
     let indexed = repo.index()?;
     let progress = Arc::new(RestoreProgress::default());
-    let p = progress.clone();
-    let ticker = Ticker::start(g, "{elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {msg}", move |bar| {
-        bar.set_length(p.total_bytes.load(Ordering::Relaxed));
-        bar.set_position(p.bytes.load(Ordering::Relaxed));
-    });
+    let ticker = progress_bar(g, &progress);
     let out = bucket::restore(&indexed, &snap.id.short(), &snap.snapshot.tree, &target, &opts, &progress);
     ticker.finish();
     let out = out.map_err(|e| super::backup::failed("restore to", target.location(), e))?;
@@ -198,4 +190,14 @@ fn stream_only_flag(a: &RestoreArgs) -> Option<&'static str> {
     ]
     .into_iter()
     .find_map(|(flag, on)| on.then_some(flag))
+}
+
+/// The byte progress bar of a restore that writes a tree (to a directory
+/// or a bucket).
+fn progress_bar(g: &Global, progress: &Arc<RestoreProgress>) -> Ticker {
+    let p = progress.clone();
+    Ticker::start(g, "{elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {msg}", move |bar| {
+        bar.set_length(p.total_bytes.load(Ordering::Relaxed));
+        bar.set_position(p.bytes.load(Ordering::Relaxed));
+    })
 }
