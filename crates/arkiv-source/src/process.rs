@@ -68,10 +68,6 @@ impl Tool {
         self
     }
 
-    pub fn program(&self) -> &str {
-        &self.program
-    }
-
     /// Passes what the tool prints (when fed a restore) on to Arkiv's
     /// standard error, for an operator's own command; Arkiv's standard
     /// output stays its own (`--json`).
@@ -246,10 +242,6 @@ pub struct ToolOutput {
 }
 
 impl ToolOutput {
-    pub fn program(&self) -> &str {
-        &self.running.program
-    }
-
     /// Waits for the tool and fails unless it exited with status 0.
     pub fn finish(mut self) -> Result<()> {
         // Whatever is left unread would block a tool that is still

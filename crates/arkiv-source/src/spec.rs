@@ -63,7 +63,6 @@ pub fn target(spec: &str) -> Option<Result<Box<dyn StreamTarget>>> {
 /// PostgreSQL). `None`: this kind has no sandbox of its own, and its
 /// streams are restored as files into a temporary directory.
 pub fn sandbox(kind: &str, location: &str, spec: Option<&str>) -> Option<Result<Box<dyn Sandbox>>> {
-    let _ = (location, spec);
     match kind {
         "postgres" => Some(crate::postgres::sandbox::sandbox(location, spec)),
         // `--sandbox DIR`: where the temporary directory is made.

@@ -196,11 +196,6 @@ impl<'a> StreamBackup<'a> {
         }
     }
 
-    /// The streams stored so far.
-    pub fn streams(&self) -> &[StreamInfo] {
-        &self.infos
-    }
-
     /// Writes the snapshot. `metadata` is the source's own facts; the list
     /// of streams is added to it under `streams`.
     pub fn commit(
