@@ -35,13 +35,16 @@ impl<'a> ContentReader<'a> {
         self.src.for_each_blob(wanted, |id, r| {
             got.lock().unwrap().insert(id, r);
         })?;
-        let got = got.into_inner().unwrap();
-        for id in wanted {
-            // A blob repeated within the window was fetched once.
-            let data = match got.get(id) {
-                Some(Ok(d)) => d.clone(),
-                Some(Err(e)) => return Err(e.duplicate()),
-                None => return Err(Error::BlobNotFound(*id)),
+        let mut got = got.into_inner().unwrap();
+        for (i, id) in wanted.iter().enumerate() {
+            // A blob repeated within the window was fetched once: only a
+            // repeat costs a copy.
+            let repeated = wanted[i + 1..].contains(id);
+            let data = match (got.get(id), repeated) {
+                (Some(Ok(d)), true) => d.clone(),
+                (Some(Ok(_)), false) => got.remove(id).and_then(|r| r.ok()).expect("present"),
+                (Some(Err(e)), _) => return Err(e.duplicate()),
+                (None, _) => return Err(Error::BlobNotFound(*id)),
             };
             self.window.push_back(data);
         }

@@ -159,10 +159,6 @@ impl FaultLayer {
         FaultLayer { state: Arc::new(State { cfg, rng: Mutex::new(rng), stats: FaultStats::default() }) }
     }
 
-    pub fn config(&self) -> &FaultConfig {
-        &self.state.cfg
-    }
-
     pub fn stats(&self) -> FaultStats {
         self.state.stats.clone()
     }

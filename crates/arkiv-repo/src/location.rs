@@ -202,7 +202,7 @@ pub fn open_store(spec: &str, opts: &StoreOptions) -> Result<Store> {
             // storage need no server.
             let store = Store::local(std::path::Path::new(&loc.path))?;
             let op = store.op().clone();
-            return Ok(Store::with_root(layered(op, opts, true), display, std::path::PathBuf::from(&loc.path)));
+            return Ok(Store::with_root(layered(op, opts), display, std::path::PathBuf::from(&loc.path)));
         }
         Scheme::S3 => {
             let mut b = opendal::services::S3::default().bucket(&loc.authority).root(&root);
@@ -313,7 +313,7 @@ pub fn open_store(spec: &str, opts: &StoreOptions) -> Result<Store> {
             Operator::new(b).map_err(bad)?
         }
     };
-    let store = Store::remote(layered(op, opts, false), display);
+    let store = Store::remote(layered(op, opts), display);
     Ok(match loc.scheme {
         Scheme::Sftp | Scheme::Ftp | Scheme::Webdav => store.with_rename_writes(),
         _ => store,
@@ -322,14 +322,11 @@ pub fn open_store(spec: &str, opts: &StoreOptions) -> Result<Store> {
 
 /// Faults innermost, so the timeout limits injected hangs as it would a
 /// real one; retries are the backend's own, around everything.
-fn layered(op: Operator, opts: &StoreOptions, local: bool) -> Operator {
+fn layered(op: Operator, opts: &StoreOptions) -> Operator {
     let op = match &opts.faults {
         Some(f) => op.layer(FaultLayer::new(f.clone())),
         None => op,
     };
-    if local && opts.faults.is_none() {
-        return op;
-    }
     op.layer(
         opendal::layers::TimeoutLayer::new().with_timeout(opts.policy.timeout).with_io_timeout(opts.policy.io_timeout),
     )

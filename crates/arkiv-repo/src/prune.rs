@@ -1,4 +1,4 @@
-//! `prune`: removing what no snapshot needs, without a lock.
+//! `prune`: removing what no snapshot needs, without locking out backups.
 //!
 //! Backups run while prune does, so nothing is deleted the moment it looks
 //! unused. Phase one (each run) finds packs no snapshot needs, writes their
@@ -12,7 +12,8 @@
 //!
 //! The one assumption, as in kopia: no backup runs longer than the grace
 //! period (24 h by default). `--instant` (grace zero) is for repositories
-//! nothing else writes to while prune runs. Two prunes must not run at once.
+//! nothing else writes to while prune runs. Two prunes must not run at once:
+//! each takes the prune lock (`lock.rs`) first.
 
 use std::collections::{HashMap, HashSet};
 

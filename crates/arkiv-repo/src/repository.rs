@@ -266,11 +266,6 @@ impl Repository {
         Ok(out)
     }
 
-    /// Whether this session opened with an append-only key slot.
-    pub fn is_append_only(&self) -> bool {
-        self.0.append_only
-    }
-
     /// Refuses `operation` to an append-only session. Enforced here, in the
     /// client: whoever holds the master key could bypass it with another
     /// program; stores enforce it for real with their own permissions.
