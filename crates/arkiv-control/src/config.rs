@@ -219,7 +219,7 @@ impl Config {
         if s.options.is_empty() {
             return Ok(Some(url.clone()));
         }
-        if url.starts_with("command:") {
+        if arkiv_source::spec::kind_of(url) == Some("command") {
             return Err(self.invalid(format!("sources.{name}.options: a command takes no options")));
         }
         let mut out = url.clone();

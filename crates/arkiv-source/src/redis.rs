@@ -327,7 +327,11 @@ fn write_file(path: &Path, input: &mut dyn Read, overwrite: bool) -> Result<u64>
     let name = path.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a file name", path.display())))?;
     let tmp = dir.join(format!(".{}.{}.arkiv-tmp", name.to_string_lossy(), scratch_name()));
     let result = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io(&tmp))?;
+        // An RDB holds every key and value: readable by its owner only,
+        // like the SQLite restore's file.
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
         loop {
@@ -549,7 +553,14 @@ impl Sandbox for RedisSandbox {
 
     fn restore(&mut self, streams: &Streams) -> Result<u64> {
         let s = streams.single(&RestoreOptions::default())?;
-        std::fs::create_dir(&self.dir).map_err(|e| Error::Io { path: self.dir.display().to_string(), source: e })?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            // Private: the restored RDB in it holds the production data.
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&self.dir)
+                .map_err(|e| Error::Io { path: self.dir.display().to_string(), source: e })?;
+        }
         let bytes = write_file(&self.file(), &mut streams.reader(s), false)?;
         self.start()?;
         Ok(bytes)

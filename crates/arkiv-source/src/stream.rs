@@ -188,8 +188,9 @@ impl<'a> StreamBackup<'a> {
         match self.add(name, &mut tool) {
             Ok(n) => tool.finish().map(|_| n),
             Err(e) => {
-                // If the tool failed, its own account is the better error
-                // (the repository side only saw a short read).
+                // The repository side failed (a tool's own failure shows up
+                // in `finish`, after a complete read): stop the tool rather
+                // than let it dump on into nowhere.
                 tool.kill();
                 Err(e)
             }

@@ -18,12 +18,23 @@ use crate::cli::Global;
 /// names a configured repository; without `--repo`, the repository of the
 /// named source, or the only one configured. Flags given on the command
 /// line win over the file.
-pub fn apply_config(g: &mut Global, config: &arkiv_control::Config, source: Option<&str>) -> Result<()> {
-    let chosen = match (&g.repo, source) {
+pub fn apply_config(g: &mut Global, config: &arkiv_control::Config, sources: &[String]) -> Result<()> {
+    let chosen = match (&g.repo, sources.first()) {
         (Some(r), _) if config.repositories.contains_key(r) => Some(config.repository(Some(r))?),
         // A location given on the command line: the file has no say.
         (Some(_), _) => None,
-        (None, Some(s)) => Some(config.repository_for(s)?),
+        (None, Some(first)) => {
+            let repos: std::collections::BTreeSet<&str> =
+                sources.iter().map(|s| config.repository_for(s).map(|(n, _)| n)).collect::<Result<_, _>>()?;
+            if repos.len() > 1 {
+                return Err(crate::Usage(format!(
+                    "the sources named go to different repositories ({}): back them up one at a time, or name one with --repo",
+                    repos.into_iter().collect::<Vec<_>>().join(", ")
+                ))
+                .into());
+            }
+            Some(config.repository_for(first)?)
+        }
         (None, None) if config.repositories.len() == 1 => Some(config.repository(None)?),
         (None, None) => None,
     };

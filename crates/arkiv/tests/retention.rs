@@ -844,3 +844,13 @@ fn an_append_only_key_adds_snapshots_but_cannot_forget_prune_or_manage_keys() {
     check_clean(&s, true);
     assert_restores(&s, &second, &src);
 }
+
+#[test]
+fn forget_with_prune_checks_prune_options_before_removing_any_snapshot() {
+    let s = Scratch::new();
+    s.backup(&["command:echo one"]);
+    s.backup(&["command:echo two"]);
+    let out = s.run(&["forget", "--keep-last", "1", "--prune", "--grace", "soon"]);
+    assert_code(&out, 2, "forget --prune --grace soon");
+    assert_eq!(snapshot_ids(&s).len(), 2, "a usage error must not have forgotten anything");
+}

@@ -231,3 +231,24 @@ fn a_restore_onto_a_full_disk_fails_in_one_line_and_leaves_nothing_half_written(
     assert!(left.iter().all(|n| n == "restored"), "temporary files left on the full disk: {left:?}");
     s.ok(&["check", "--read-data"]);
 }
+
+#[test]
+fn sources_of_different_repositories_need_a_repository_named_to_be_backed_up_together() {
+    let s = Scratch::new();
+    let other = s.join("other-repo");
+    let config = write_config(
+        &s,
+        &format!(
+            "[repositories.other]\nurl = \"{}\"\n\n[sources.a]\nurl = \"command:echo a\"\nrepository = \"main\"\n\n\
+             [sources.b]\nurl = \"command:echo b\"\nrepository = \"other\"\n",
+            other.display()
+        ),
+    );
+    let out = configured(&s, &config, &["backup", "--source", "a", "--source", "b"]);
+    assert_code(&out, 2, "backup of sources in two repositories");
+    assert!(stderr(&out).contains("different repositories"), "{}", stderr(&out));
+    // --repo NAME chooses one, as docs/config.md says.
+    let out = configured(&s, &config, &["--repo", "main", "backup", "--source", "a", "--source", "b"]);
+    assert_code(&out, 0, "backup --repo main of sources in two repositories");
+    assert_eq!(snapshot_count(&s), 2);
+}

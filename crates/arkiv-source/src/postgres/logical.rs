@@ -325,6 +325,14 @@ impl StreamTarget for PgTarget {
                 streams.id.short()
             )));
         }
+        if opts.overwrite && (!opts.tables.is_empty() || !opts.schemas.is_empty()) {
+            // --overwrite replaces the whole database with what is restored:
+            // with --table or --schema that would be a database of one table.
+            return Err(at(format!(
+                "--overwrite replaces all of '{db}' and cannot be combined with --table or --schema; \
+                 use --clean to replace only the tables or schemas restored"
+            )));
+        }
         if relations > 0 && !data_only && !opts.clean && !opts.overwrite {
             return Err(at(format!(
                 "database '{db}' already holds {relations} table(s) or other relations and was left as it is; \

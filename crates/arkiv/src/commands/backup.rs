@@ -86,17 +86,6 @@ fn run_configured(g: &Global, config: Option<&Config>, a: BackupArgs) -> Result<
             Usage("--source takes no paths or --stdin: the configuration file says what to back up".into()).into()
         );
     }
-    if a.sources.len() > 1 && !g.repo.as_ref().is_some_and(|r| c.repositories.contains_key(r)) {
-        let repos: std::collections::BTreeSet<&str> =
-            a.sources.iter().map(|s| c.repository_for(s).map(|(n, _)| n)).collect::<Result<_, _>>()?;
-        if repos.len() > 1 {
-            return Err(Usage(format!(
-                "the sources named go to different repositories ({}): back them up one at a time",
-                repos.into_iter().collect::<Vec<_>>().join(", ")
-            ))
-            .into());
-        }
-    }
     let mut code = ExitCode::SUCCESS;
     for name in &a.sources {
         let s = c.source(name)?;

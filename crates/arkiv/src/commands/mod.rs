@@ -24,12 +24,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     };
     if let Some(c) = &config {
         // A named source brings its own repository (unless --repo names one).
-        let source = match &cli.command {
-            Command::Backup(a) => a.sources.first().cloned(),
-            Command::Verify(a) => a.source.clone(),
-            _ => None,
+        let sources: Vec<String> = match &cli.command {
+            Command::Backup(a) => a.sources.clone(),
+            Command::Verify(a) => a.source.iter().cloned().collect(),
+            _ => Vec::new(),
         };
-        crate::context::apply_config(&mut global, c, source.as_deref())?;
+        crate::context::apply_config(&mut global, c, &sources)?;
     }
     let g = &global;
     match cli.command {

@@ -31,16 +31,27 @@ fn policy(a: &ForgetArgs) -> Result<KeepPolicy> {
 }
 
 pub fn forget(g: &Global, a: ForgetArgs) -> Result<ExitCode> {
-    let repo = crate::context::open(g)?;
-    repo.require_full_access("forget")?;
+    // Every argument is checked before anything is read or deleted: a bad
+    // --grace must not surface after the snapshots are gone.
     let policy = policy(&a)?;
     let group_by = GroupBy::parse(&a.group_by).map_err(|e| Usage(format!("--group-by: {e}")))?;
+    if a.prune {
+        options(&a.prune_opts, false)?;
+    }
+    if !a.snapshots.is_empty() && !policy.is_empty() {
+        return Err(Usage("give snapshot ids or a --keep-* policy, not both".into()).into());
+    }
+    if a.snapshots.is_empty() && policy.is_empty() {
+        return Err(Usage(
+            "no --keep-* rule given: forget would remove every snapshot; give a policy or snapshot ids".into(),
+        )
+        .into());
+    }
+    let repo = crate::context::open(g)?;
+    repo.require_full_access("forget")?;
     let filter = super::snapshot_filter(&a.filter);
 
     let (groups, remove): (Vec<retention::Group>, Vec<arkiv_repo::Id>) = if !a.snapshots.is_empty() {
-        if !policy.is_empty() {
-            return Err(Usage("give snapshot ids or a --keep-* policy, not both".into()).into());
-        }
         // By name only: a damaged snapshot, which cannot be loaded, can
         // still be forgotten.
         let mut ids = Vec::new();
@@ -49,12 +60,6 @@ pub fn forget(g: &Global, a: ForgetArgs) -> Result<ExitCode> {
         }
         (Vec::new(), ids)
     } else {
-        if policy.is_empty() {
-            return Err(Usage(
-                "no --keep-* rule given: forget would remove every snapshot; give a policy or snapshot ids".into(),
-            )
-            .into());
-        }
         let snaps: Vec<_> = repo.list_snapshots()?.into_iter().filter(|e| filter.matches(&e.snapshot)).collect();
         let groups = retention::apply(&snaps, &policy, group_by);
         let remove = groups.iter().flat_map(|gr| gr.decisions.iter()).filter(|d| !d.keep).map(|d| d.id).collect();

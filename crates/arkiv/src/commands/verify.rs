@@ -29,6 +29,11 @@ pub fn run(g: &Global, config: Option<&Config>, mut a: VerifyArgs) -> Result<Exi
         let s = c.source(&name)?;
         // The source's own snapshots: those of its location.
         filter.paths = match c.source_url(&name)? {
+            Some(url) if arkiv_source::bucket::is_bucket_url(&url) => {
+                vec![arkiv_source::bucket::Bucket::open(&url, &crate::context::store_options(g)?)?
+                    .location()
+                    .to_string()]
+            }
             Some(url) => vec![arkiv_source::spec::source(&url).expect("checked when the file was read")?.location()],
             None => {
                 arkiv_source::files::backup::absolute_paths(&s.paths)?.iter().map(|p| p.display().to_string()).collect()
