@@ -73,6 +73,9 @@ pub enum FileKind {
     Deletion,
     /// A running prune's notice to other prunes.
     Lock,
+    /// A file kept whole under its own name (PostgreSQL WAL): bulk data,
+    /// in the cold location when there is one.
+    Archive,
 }
 
 impl FileKind {
@@ -85,6 +88,7 @@ impl FileKind {
             FileKind::Pack | FileKind::DataPack => "data/",
             FileKind::Deletion => "deletions/",
             FileKind::Lock => "locks/",
+            FileKind::Archive => "archive/",
         }
     }
 
@@ -95,6 +99,9 @@ impl FileKind {
         match self {
             FileKind::Config => "config".to_string(),
             FileKind::Pack | FileKind::DataPack => format!("data/{}/{}", &name[..2.min(name.len())], name),
+            // WAL segment names start with 8 digits of timeline and 8 of
+            // log: one directory per 4 GiB of WAL, as pgBackRest lays it out.
+            FileKind::Archive if name.len() >= 24 => format!("archive/{}/{}", &name[..16], name),
             _ => format!("{}{}", self.dir(), name),
         }
     }
@@ -317,7 +324,7 @@ impl Backend {
 
     fn store(&self, kind: FileKind) -> &Store {
         match (kind, &self.cold) {
-            (FileKind::DataPack, Some(cold)) => cold,
+            (FileKind::DataPack | FileKind::Archive, Some(cold)) => cold,
             _ => &self.hot,
         }
     }
@@ -535,6 +542,19 @@ impl Backend {
         }
         if matches!(kind, FileKind::Index | FileKind::Snapshot | FileKind::Deletion) {
             self.trim_cache(kind, &out);
+        }
+        Ok(out)
+    }
+
+    /// Names, sizes and write times of every archived file.
+    pub fn list_archive(&self) -> Result<Vec<(String, u64, Option<chrono::DateTime<chrono::Utc>>)>> {
+        let store = self.store(FileKind::Archive);
+        let mut out = Vec::new();
+        for e in self.list_entries(store, FileKind::Archive.dir())? {
+            if crate::archive::is_archive_name(e.name()) {
+                let t = self.modified(store, &e)?;
+                out.push((e.name().to_string(), e.metadata().content_length(), t));
+            }
         }
         Ok(out)
     }

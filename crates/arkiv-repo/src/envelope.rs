@@ -23,6 +23,7 @@ pub enum EnvelopeKind {
     Snapshot = 3,
     Deletion = 4,
     Lock = 5,
+    Archived = 6,
 }
 
 impl EnvelopeKind {
@@ -33,6 +34,7 @@ impl EnvelopeKind {
             EnvelopeKind::Snapshot => "snapshot",
             EnvelopeKind::Deletion => "deletion record",
             EnvelopeKind::Lock => "lock",
+            EnvelopeKind::Archived => "archived file",
         }
     }
 }

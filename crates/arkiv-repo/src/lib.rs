@@ -11,6 +11,7 @@
 //!
 //! The byte-level format is specified in `docs/repository-format.md`.
 
+pub mod archive;
 pub mod backend;
 pub mod check;
 pub mod chunker;
@@ -33,6 +34,7 @@ pub mod snapshot;
 pub mod tree;
 pub mod writer;
 
+pub use archive::{ArchivedEntry, ArchivedMeta};
 pub use backend::{Backend, FileKind};
 pub use content::ContentReader;
 pub use error::{Error, Result};

@@ -98,6 +98,135 @@ pub enum Command {
     Copy(CopyArgs),
     /// Compare two repositories' snapshots: what is missing where, how far behind
     ReplicationStatus(ReplicationArgs),
+    /// PostgreSQL physical backups, WAL archiving and point-in-time recovery
+    #[command(subcommand)]
+    Pg(PgCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PgCommand {
+    /// Archive one WAL file: use as archive_command = 'arkiv pg wal-push --repo R --password-file F %p'
+    WalPush(WalPushArgs),
+    /// Fetch one WAL file: used as restore_command = 'arkiv pg wal-fetch --repo R … %f "%p"' (written by pg restore).
+    /// Exit 1: not in the archive (recovery ends there); 255: any other error (recovery stops)
+    WalFetch(WalFetchArgs),
+    /// Take a base backup of a running cluster (non-exclusive), reading its data directory
+    Backup(PgBackupArgs),
+    /// Restore a base backup into a new data directory, set up to recover to a point in time
+    Restore(PgRestoreArgs),
+    /// Show base backups, archived WAL per timeline and the recoverable window
+    Info,
+    /// Forget old base backups and delete the WAL no kept backup needs
+    Expire(PgExpireArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct WalPushArgs {
+    /// The WAL file (%p)
+    pub path: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct WalFetchArgs {
+    /// The WAL file's name (%f)
+    pub name: String,
+    /// Where to write it (%p)
+    pub dest: PathBuf,
+    /// Segments fetched ahead, in parallel, into pg_wal/arkiv-prefetch
+    #[arg(long, default_value_t = 8)]
+    pub prefetch: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct PgBackupArgs {
+    /// The cluster's data directory
+    #[arg(long, env = "PGDATA")]
+    pub pgdata: PathBuf,
+    /// Server host or socket directory (default: PGHOST, else /var/run/postgresql)
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Server port (default: PGPORT, else 5432)
+    #[arg(short, long)]
+    pub port: Option<u16>,
+    /// Superuser (or a role with pg_backup_start rights) to connect as (default: PGUSER, else postgres)
+    #[arg(short = 'U', long)]
+    pub user: Option<String>,
+    /// Read every file, even those unchanged since the previous base backup
+    #[arg(long)]
+    pub full: bool,
+    /// Read every file when the last backup that did is older than this (e.g. 7d)
+    #[arg(long, default_value = "7d")]
+    pub full_read_interval: String,
+    /// Let the backup's checkpoint spread out over checkpoint_completion_target instead of forcing it at once
+    #[arg(long)]
+    pub spread_checkpoint: bool,
+    /// Seconds to wait for the backup's WAL to reach the repository before giving up
+    #[arg(long, default_value_t = 300)]
+    pub archive_timeout: u64,
+    /// Tag the snapshot (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Host name to record instead of this machine's
+    #[arg(long = "hostname")]
+    pub hostname: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PgRestoreArgs {
+    /// Base backup to restore: an id or prefix; default (or `latest`): the newest one that reaches the target
+    pub snapshot: Option<String>,
+    /// The new data directory (must be missing or empty)
+    #[arg(long)]
+    pub pgdata: PathBuf,
+    /// Recover to this time (RFC 3339, or 2026-11-22 10:00:00+00; no offset means UTC)
+    #[arg(long, group = "target")]
+    pub time: Option<String>,
+    /// Recover to this WAL position (e.g. 0/3000028)
+    #[arg(long, group = "target")]
+    pub lsn: Option<String>,
+    /// Recover to the commit of this transaction id
+    #[arg(long, group = "target")]
+    pub xid: Option<u64>,
+    /// Recover to this named restore point (pg_create_restore_point)
+    #[arg(long, group = "target")]
+    pub name: Option<String>,
+    /// Stop as soon as the base backup is consistent
+    #[arg(long, group = "target")]
+    pub immediate: bool,
+    /// Timeline to follow: latest, current or a number (PostgreSQL's default: latest)
+    #[arg(long)]
+    pub timeline: Option<String>,
+    /// What the server does at the target: promote, pause or shutdown (PostgreSQL's default: pause)
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Put tablespace OID-or-NAME in DIR instead of its original location (repeatable)
+    #[arg(long = "tablespace", value_name = "TABLESPACE=DIR")]
+    pub tablespaces: Vec<String>,
+    /// Directory of the postgres binary that will run the restored cluster (checked for its major version)
+    #[arg(long)]
+    pub pg_bin: Option<PathBuf>,
+    /// The restore_command to write instead of arkiv's own wal-fetch
+    #[arg(long)]
+    pub restore_command: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PgExpireArgs {
+    /// Keep the N newest base backups
+    #[arg(long)]
+    pub keep_last: Option<u32>,
+    /// Keep one base backup per day for the N newest days with one
+    #[arg(long)]
+    pub keep_daily: Option<u32>,
+    /// Keep one base backup per week for the N newest weeks with one
+    #[arg(long)]
+    pub keep_weekly: Option<u32>,
+    /// Keep base backups younger than this before the newest (e.g. 30d): the PITR window
+    #[arg(long)]
+    pub keep_within: Option<String>,
+    /// Only say what would be removed
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]

@@ -56,6 +56,17 @@ pub struct BackupOptions {
     pub force: bool,
     /// Read and chunk everything, write nothing.
     pub dry_run: bool,
+    /// A file or directory that vanishes between being listed and being
+    /// read is left out silently instead of making the backup partial: a
+    /// running database drops and creates relation files all the time,
+    /// and its WAL replays whatever the backup missed.
+    pub missing_ok: bool,
+    /// Trust the parent's record of a file only if the file's mtime is
+    /// older than this (ns since the epoch). File timestamps are only as
+    /// fine as the kernel's clock tick, so a file written again in the tick
+    /// in which it was read looks unchanged; a cut-off a little before the
+    /// parent backup began rules that out.
+    pub unchanged_before_ns: Option<i64>,
 }
 
 /// What a backup did.
@@ -74,6 +85,21 @@ struct Counts {
     dirs: AtomicU64,
     total_bytes: AtomicU64,
     total_files: AtomicU64,
+}
+
+impl Counts {
+    fn summary(self, progress: &Progress) -> arkiv_repo::Summary {
+        arkiv_repo::Summary {
+            files_new: self.files_new.into_inner(),
+            files_changed: self.files_changed.into_inner(),
+            files_unmodified: self.files_unmodified.into_inner(),
+            dirs: self.dirs.into_inner(),
+            total_bytes: self.total_bytes.into_inner(),
+            total_files: self.total_files.into_inner(),
+            bytes_read: progress.bytes_read.load(Ordering::Relaxed),
+            ..Default::default()
+        }
+    }
 }
 
 struct Ctx<'a> {
@@ -146,6 +172,7 @@ impl Ctx<'_> {
         }
         let md = match fs::symlink_metadata(path) {
             Ok(m) => m,
+            Err(e) if self.opts.missing_ok && e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => {
                 self.skip(path, format!("cannot stat: {e}"), true);
                 return None;
@@ -212,8 +239,11 @@ impl Ctx<'_> {
 
     fn unchanged(&self, node: &Node, parent: Option<&Node>) -> Option<Vec<Id>> {
         let p = parent.filter(|p| p.kind == NodeKind::File)?;
-        let same =
-            p.size == node.size && p.mtime_ns == node.mtime_ns && p.ctime_ns == node.ctime_ns && p.inode == node.inode;
+        let same = p.size == node.size
+            && p.mtime_ns == node.mtime_ns
+            && p.ctime_ns == node.ctime_ns
+            && p.inode == node.inode
+            && self.opts.unchanged_before_ns.is_none_or(|t| p.mtime_ns < t);
         (same && !self.opts.force && p.content.iter().all(|id| self.writer.has_blob(id))).then(|| p.content.clone())
     }
 
@@ -240,6 +270,7 @@ impl Ctx<'_> {
                 self.fatal(e);
                 None
             }
+            Err(Error::Io { source, .. }) if self.opts.missing_ok && source.kind() == io::ErrorKind::NotFound => None,
             Err(Error::Io { source, .. }) => {
                 self.skip(path, source.to_string(), true);
                 None
@@ -296,6 +327,7 @@ impl Ctx<'_> {
     fn save_dir(&self, dir: &Path, parent: Option<&Tree>, root_dev: u64) -> Option<Tree> {
         let rd = match fs::read_dir(dir) {
             Ok(rd) => rd,
+            Err(e) if self.opts.missing_ok && e.kind() == io::ErrorKind::NotFound => return Some(Tree::default()),
             Err(e) => {
                 self.skip(dir, format!("cannot list directory: {e}"), true);
                 return Some(Tree::default());
@@ -499,16 +531,7 @@ pub fn backup(indexed: &Indexed, opts: &BackupOptions, progress: &Progress) -> R
     let root = root.ok_or_else(|| Error::Invalid("backup stopped".into()))?;
     let tree = writer.save_tree(&root)?;
     let Ctx { skipped, counts: c, .. } = ctx;
-    let summary = arkiv_repo::Summary {
-        files_new: c.files_new.into_inner(),
-        files_changed: c.files_changed.into_inner(),
-        files_unmodified: c.files_unmodified.into_inner(),
-        dirs: c.dirs.into_inner(),
-        total_bytes: c.total_bytes.into_inner(),
-        total_files: c.total_files.into_inner(),
-        bytes_read: progress.bytes_read.load(Ordering::Relaxed),
-        ..Default::default()
-    };
+    let summary = c.summary(progress);
     let found = Found {
         tree,
         host,
@@ -518,6 +541,45 @@ pub fn backup(indexed: &Indexed, opts: &BackupOptions, progress: &Progress) -> R
         summary,
     };
     save_snapshot(indexed, opts, writer, started, t0, found)
+}
+
+/// What walking one directory found: its entries as a tree not yet
+/// saved, so a source can add to it (a database's backup label) first.
+pub struct DirWalk {
+    pub tree: Tree,
+    pub skipped: Vec<Skipped>,
+    /// File counts; timing and storage figures are the caller's.
+    pub summary: arkiv_repo::Summary,
+}
+
+/// Walks `dir` as the root of a snapshot, saving file contents and
+/// subdirectories through `writer`, comparing with `parent` (the parent
+/// snapshot's tree for the same directory). `opts.paths` is ignored.
+pub fn walk_dir(
+    indexed: &Indexed,
+    writer: &Writer,
+    dir: &Path,
+    parent: Option<&Tree>,
+    opts: &BackupOptions,
+    progress: &Progress,
+) -> Result<DirWalk> {
+    let ctx = Ctx {
+        indexed,
+        writer,
+        opts,
+        progress,
+        skipped: Mutex::new(Vec::new()),
+        counts: Counts::default(),
+        fatal: Mutex::new(None),
+    };
+    let md = fs::metadata(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?;
+    let tree = ctx.save_dir(dir, parent, md.dev());
+    if let Some(e) = ctx.fatal.lock().unwrap().take() {
+        return Err(Error::Repo(e));
+    }
+    let tree = tree.ok_or_else(|| Error::Invalid("backup stopped".into()))?;
+    let Ctx { skipped, counts: c, .. } = ctx;
+    Ok(DirWalk { tree, skipped: skipped.into_inner().unwrap(), summary: c.summary(progress) })
 }
 
 /// What a backup found, before the writer is finished.

@@ -9,8 +9,10 @@
 //! exactly what `pg_dump` wrote, so it can always be restored by hand.
 
 pub mod logical;
+pub mod physical;
 pub mod sandbox;
 pub mod url;
+pub mod wal;
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};

@@ -48,6 +48,7 @@ pub fn run(g: &Global, config: Option<&Config>, a: BackupArgs) -> Result<ExitCod
         parent: a.parent.clone(),
         force: a.force,
         dry_run: a.dry_run,
+        ..Default::default()
     };
     let indexed = crate::context::open(g)?.index()?;
     let progress = Arc::new(Progress::default());

@@ -5,6 +5,7 @@ pub(crate) mod backup;
 mod browse;
 mod keys;
 mod maintenance;
+mod pg;
 mod replicate;
 mod restore;
 mod retention;
@@ -49,6 +50,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Prune(a) => retention::prune(g, a),
         Command::Copy(a) => replicate::copy(g, a),
         Command::ReplicationStatus(a) => replicate::status(g, a),
+        Command::Pg(c) => pg::run(g, c),
     }
 }
 

@@ -1,0 +1,368 @@
+//! `arkiv pg …`: PostgreSQL physical backups, the archive and restore
+//! commands PostgreSQL runs, point-in-time restores, and WAL retention.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use arkiv_repo::retention::{parse_duration, KeepPolicy};
+use arkiv_source::postgres::physical::{self, Action, BaseBackupOptions, PhysicalRestoreOptions, Target};
+use arkiv_source::postgres::wal::{self, Fetched, Pushed};
+use arkiv_source::postgres::Conn;
+
+use crate::cli::{Global, PgBackupArgs, PgCommand, PgExpireArgs, PgRestoreArgs, WalFetchArgs, WalPushArgs};
+use crate::output;
+use crate::progress::Ticker;
+use crate::Usage;
+
+/// `wal-fetch`'s status for anything but "not archived": above 125, so
+/// PostgreSQL stops recovery rather than taking it for the end of the WAL
+/// and promoting a server that is missing data.
+const EXIT_FETCH_ERROR: u8 = 255;
+
+pub fn run(g: &Global, c: PgCommand) -> Result<ExitCode> {
+    match c {
+        PgCommand::WalPush(a) => wal_push(g, a),
+        PgCommand::WalFetch(a) => Ok(wal_fetch(g, a)),
+        PgCommand::Backup(a) => backup(g, a),
+        PgCommand::Restore(a) => restore(g, a),
+        PgCommand::Info => info(g),
+        PgCommand::Expire(a) => expire(g, a),
+    }
+}
+
+fn wal_push(g: &Global, a: WalPushArgs) -> Result<ExitCode> {
+    let repo = crate::context::open(g)?;
+    let how = wal::push(&repo, &a.path)?;
+    let name = a.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    if g.json {
+        output::json(&serde_json::json!({ "name": name, "already_stored": how == Pushed::AlreadyStored }));
+    } else if how == Pushed::AlreadyStored {
+        tracing::info!("{name} was already archived with the same content");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn wal_fetch(g: &Global, a: WalFetchArgs) -> ExitCode {
+    let fetched = crate::context::open(g).and_then(|repo| Ok(wal::fetch(&repo, &a.name, &a.dest, a.prefetch)?));
+    match fetched {
+        Ok(Fetched::Found) => ExitCode::SUCCESS,
+        Ok(Fetched::Partial) => {
+            eprintln!("arkiv: {} is only archived as a partial segment; recovery replays what it holds", a.name);
+            ExitCode::SUCCESS
+        }
+        Ok(Fetched::NotFound) => {
+            // PostgreSQL asks for files that may not exist (the next
+            // timeline's history, the segment after the last): normal, and
+            // the server logs nothing either.
+            if !g.quiet {
+                eprintln!("arkiv: {} is not in the archive", a.name);
+            }
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("arkiv: error: cannot fetch {}: {e:#}", a.name);
+            ExitCode::from(EXIT_FETCH_ERROR)
+        }
+    }
+}
+
+fn backup(g: &Global, a: PgBackupArgs) -> Result<ExitCode> {
+    let interval = parse_duration(&a.full_read_interval).map_err(|e| Usage(format!("--full-read-interval: {e}")))?;
+    let opts = BaseBackupOptions {
+        pgdata: a.pgdata,
+        conn: Conn { host: a.host, port: a.port, user: a.user },
+        full: a.full,
+        full_read_interval: interval.to_std().unwrap_or_default(),
+        fast_checkpoint: !a.spread_checkpoint,
+        archive_timeout: std::time::Duration::from_secs(a.archive_timeout),
+        tags: a.tags,
+        host: a.hostname,
+    };
+    let indexed = crate::context::open(g)?.index()?;
+    let progress = Arc::new(arkiv_source::files::Progress::default());
+    let p = progress.clone();
+    let ticker = Ticker::start(g, "{spinner} {elapsed_precise} {msg}", move |bar| {
+        bar.set_message(format!(
+            "{} files, {} read",
+            p.files.load(Ordering::Relaxed),
+            output::bytes(p.bytes_read.load(Ordering::Relaxed))
+        ));
+    });
+    let out = physical::backup(&indexed, &opts, &progress);
+    ticker.finish();
+    let out = out?;
+    let s = &out.snapshot.summary;
+    let files_read = s.files_new + s.files_changed;
+    if g.json {
+        output::json(&serde_json::json!({
+            "id": out.id,
+            "start_lsn": out.info.start_lsn,
+            "stop_lsn": out.info.stop_lsn,
+            "start_wal": out.info.start_wal,
+            "stop_wal": out.info.stop_wal,
+            "timeline": out.info.timeline,
+            "started": out.info.started,
+            "stopped": out.info.stopped,
+            "incremental": out.info.incremental,
+            "parent": out.snapshot.parent,
+            "files": s.total_files,
+            "files_read": files_read,
+            "files_unchanged": s.files_unmodified,
+            "bytes": s.total_bytes,
+            "bytes_read": s.bytes_read,
+            "bytes_stored": s.bytes_stored,
+            "duration_secs": s.duration_secs,
+            "skipped": out.snapshot.skipped,
+        }));
+    } else if !g.quiet {
+        println!(
+            "base backup {} of {} saved: {} files ({}), {} read{}, {} stored, WAL {} to {}, {:.1} s",
+            out.id.short(),
+            out.info.pgdata,
+            s.total_files,
+            output::bytes(s.total_bytes),
+            output::bytes(s.bytes_read),
+            if out.info.incremental { format!(" ({} files unchanged)", s.files_unmodified) } else { String::new() },
+            output::bytes(s.bytes_stored),
+            out.info.start_wal,
+            out.info.stop_wal,
+            s.duration_secs
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A word for a shell: quoted unless plainly safe.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._:=@%+,-".contains(&b)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+fn absolute(p: &Path) -> String {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+}
+
+/// The location as given, made absolute when it is a directory: the
+/// restored server runs the command from its data directory.
+fn location_word(loc: &str) -> String {
+    if loc.contains("://") {
+        loc.to_string()
+    } else {
+        absolute(Path::new(loc))
+    }
+}
+
+/// The `restore_command` that fetches from this repository the way this
+/// command opened it, and a note when the restored server will need
+/// something from its environment.
+fn restore_command(g: &Global) -> Result<(String, Option<String>)> {
+    let exe = std::env::current_exe().context("finding the arkiv binary for restore_command")?;
+    let repo = g.repo.as_deref().ok_or_else(|| Usage("no repository given: use --repo or ARKIV_REPO".into()))?;
+    let mut words =
+        vec![exe.display().to_string(), "pg".into(), "wal-fetch".into(), "--repo".into(), location_word(repo)];
+    if let Some(d) = &g.data_repo {
+        words.extend(["--data-repo".into(), location_word(d)]);
+    }
+    let mut note = None;
+    if let Some(k) = &g.key_file {
+        words.extend(["--key-file".into(), absolute(k)]);
+    } else if let Some(f) = &g.password_file {
+        words.extend(["--password-file".into(), absolute(f)]);
+    } else {
+        note = Some(
+            "restore_command has no password file: the restored server needs ARKIV_PASSWORD in its environment \
+             (or restore again with --password-file)"
+                .to_string(),
+        );
+    }
+    if repo.contains("://") {
+        let n = "the repository is remote: the restored server needs its credentials (e.g. AWS_ACCESS_KEY_ID) in \
+                 its environment";
+        note = Some(match note {
+            Some(o) => format!("{o}; {n}"),
+            None => n.to_string(),
+        });
+    }
+    let mut cmd: Vec<String> = words.iter().map(|w| shell_word(w)).collect();
+    cmd.push("%f".into());
+    cmd.push("\"%p\"".into());
+    Ok((cmd.join(" "), note))
+}
+
+fn restore(g: &Global, a: PgRestoreArgs) -> Result<ExitCode> {
+    let target = if let Some(t) = &a.time {
+        Target::Time(physical::parse_time(t).map_err(|e| Usage(format!("--time: {e}")))?)
+    } else if let Some(l) = &a.lsn {
+        Target::Lsn(l.parse().map_err(|e| Usage(format!("--lsn: {e}")))?)
+    } else if let Some(x) = a.xid {
+        Target::Xid(x)
+    } else if let Some(n) = &a.name {
+        Target::Name(n.clone())
+    } else if a.immediate {
+        Target::Immediate
+    } else {
+        Target::End
+    };
+    let action: Option<Action> =
+        a.action.as_deref().map(str::parse).transpose().map_err(|e: arkiv_source::Error| Usage(e.to_string()))?;
+    if action.is_some() && target == Target::End {
+        return Err(Usage(
+            "--action applies when a target is given (--time, --lsn, --xid, --name or --immediate); without one the \
+             server replays all archived WAL and promotes"
+                .into(),
+        )
+        .into());
+    }
+    if let Some(t) = &a.timeline {
+        if !(t == "latest" || t == "current" || t.parse::<u32>().is_ok()) {
+            return Err(Usage(format!("--timeline {t}: use latest, current or a timeline number")).into());
+        }
+    }
+    let mut map = Vec::new();
+    for t in &a.tablespaces {
+        let (k, v) = t.split_once('=').ok_or_else(|| Usage(format!("--tablespace {t}: write it as NAME=DIR")))?;
+        map.push((k.to_string(), PathBuf::from(v)));
+    }
+    let (restore_command, mut note) = match &a.restore_command {
+        Some(c) => (c.clone(), None),
+        None => restore_command(g)?,
+    };
+    let opts = PhysicalRestoreOptions {
+        pgdata: std::path::absolute(&a.pgdata).unwrap_or(a.pgdata.clone()),
+        snapshot: a.snapshot,
+        target,
+        timeline: a.timeline,
+        action,
+        restore_command,
+        tablespace_map: map,
+        pg_bin: a.pg_bin,
+    };
+    let indexed = crate::context::open(g)?.index()?;
+    let progress = Arc::new(arkiv_source::files::restore::RestoreProgress::default());
+    let p = progress.clone();
+    let ticker = Ticker::start(g, "{elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {msg}", move |bar| {
+        bar.set_length(p.total_bytes.load(Ordering::Relaxed));
+        bar.set_position(p.bytes.load(Ordering::Relaxed));
+    });
+    let out = physical::restore(&indexed, &opts, &progress);
+    ticker.finish();
+    let out = out?;
+    if let Some(v) = &out.version_note {
+        note = Some(match note {
+            Some(n) => format!("{n}; {v}"),
+            None => v.clone(),
+        });
+    }
+    if g.json {
+        let mut v = serde_json::to_value(&out)?;
+        v["note"] = serde_json::json!(note);
+        output::json(&v);
+    } else if !g.quiet {
+        println!(
+            "restored base backup {} ({} files, {}) into {}; it recovers to {} with WAL {} … {} from the repository \
+             once started",
+            out.snapshot.short(),
+            out.files,
+            output::bytes(out.bytes),
+            out.pgdata,
+            out.target,
+            out.wal_needed_from,
+            out.wal_needed_to
+        );
+        if let Some(n) = note {
+            println!("note: {n}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info(g: &Global) -> Result<ExitCode> {
+    let repo = crate::context::open(g)?;
+    let info = physical::info(&repo)?;
+    if g.json {
+        output::json(&info);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("Base backups: {}", info.backups.len());
+    if !info.backups.is_empty() {
+        println!(
+            "  {:<10} {:<20} {:>3} {:<12} {:<12} {:>10}  kind",
+            "id", "stopped", "tli", "start lsn", "stop lsn", "size"
+        );
+    }
+    for b in &info.backups {
+        println!(
+            "  {:<10} {:<20} {:>3} {:<12} {:<12} {:>10}  {}",
+            b.id.short(),
+            output::time(&b.info.stopped),
+            b.info.timeline,
+            b.info.start_lsn,
+            b.info.stop_lsn,
+            output::bytes(b.bytes),
+            if b.info.incremental { "incremental" } else { "full read" }
+        );
+    }
+    println!("WAL:");
+    if info.timelines.is_empty() {
+        println!("  (none archived)");
+    }
+    for t in &info.timelines {
+        println!("  timeline {}: {} … {} ({} segments)", t.timeline, t.first, t.last, t.segments);
+        if !t.missing.is_empty() {
+            println!("    missing: {}", t.missing.join(", "));
+        }
+        if let Some(p) = &t.partial {
+            println!("    streamed partial: {p}");
+        }
+    }
+    if !info.history.is_empty() {
+        println!("History files: {}", info.history.join(", "));
+    }
+    match (info.window.from, info.window.to) {
+        (Some(f), Some(t)) => println!("Recoverable window: {} to {}", output::time(&f), output::time(&t)),
+        _ => println!("Recoverable window: none (needs a base backup and its WAL)"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn expire(g: &Global, a: PgExpireArgs) -> Result<ExitCode> {
+    let policy = KeepPolicy {
+        last: a.keep_last,
+        daily: a.keep_daily,
+        weekly: a.keep_weekly,
+        within: a
+            .keep_within
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|e| Usage(format!("--keep-within: {e}")))?,
+        ..Default::default()
+    };
+    if policy.is_empty() {
+        return Err(Usage("say what to keep: --keep-last, --keep-daily, --keep-weekly or --keep-within".into()).into());
+    }
+    let repo = crate::context::open(g)?;
+    let out = physical::expire(&repo, &policy, a.dry_run)?;
+    if g.json {
+        output::json(&out);
+    } else if !g.quiet {
+        let verb = if a.dry_run { "would remove" } else { "removed" };
+        println!(
+            "{verb} {} base backup(s) and {} WAL file(s); kept {} base backup(s){}",
+            out.removed.len(),
+            out.wal_removed,
+            out.kept.len(),
+            out.wal_kept_from.as_ref().map(|w| format!(", WAL from {w}")).unwrap_or_default()
+        );
+        for id in &out.removed {
+            println!("  {verb} {}", id.short());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
