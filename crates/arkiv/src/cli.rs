@@ -118,12 +118,69 @@ pub enum PgCommand {
     Info,
     /// Forget old base backups and delete the WAL no kept backup needs
     Expire(PgExpireArgs),
+    /// Push every ready WAL file of a cluster in parallel (started by wal-push --spool; runs until idle)
+    Archiver(ArchiverArgs),
+    /// Stream WAL with pg_receivewal over a replication slot, storing the open segment every second
+    Receive(ReceiveArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ArchiverArgs {
+    /// The spool directory shared with wal-push --spool
+    #[arg(long)]
+    pub spool: PathBuf,
+    /// The cluster's pg_wal directory
+    #[arg(long)]
+    pub pg_wal: PathBuf,
+    /// Uploads in parallel
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    /// Exit after this many seconds with nothing to push (0: never)
+    #[arg(long, default_value_t = 60)]
+    pub idle_exit: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ReceiveArgs {
+    /// Directory pg_receivewal writes into (files are removed once stored)
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Server host or socket directory
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(short, long)]
+    pub port: Option<u16>,
+    /// A role with the REPLICATION attribute (default: postgres)
+    #[arg(short = 'U', long)]
+    pub user: Option<String>,
+    /// Replication slot to stream from
+    #[arg(long, default_value = "arkiv")]
+    pub slot: String,
+    /// Create the slot if it does not exist
+    #[arg(long)]
+    pub create_slot: bool,
+    /// How often the open segment is stored, in milliseconds
+    #[arg(long, default_value_t = 1000)]
+    pub interval_ms: u64,
+    /// Directory holding pg_receivewal (default: PATH)
+    #[arg(long)]
+    pub pg_bin: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 pub struct WalPushArgs {
     /// The WAL file (%p)
     pub path: PathBuf,
+    /// Asynchronous mode: a background archiver (started on demand) pushes every ready file in parallel;
+    /// this command only waits for its file's turn. The directory holds its markers and status.json
+    #[arg(long)]
+    pub spool: Option<PathBuf>,
+    /// Seconds to wait for the archiver before failing (PostgreSQL then retries)
+    #[arg(long, default_value_t = 60)]
+    pub wait: u64,
+    /// Uploads in parallel in asynchronous mode
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
 }
 
 #[derive(Args, Debug)]

@@ -10,7 +10,9 @@
 
 pub mod logical;
 pub mod physical;
+pub mod receive;
 pub mod sandbox;
+pub mod spool;
 pub mod url;
 pub mod wal;
 

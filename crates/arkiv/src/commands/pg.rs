@@ -3,16 +3,20 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use arkiv_repo::retention::{parse_duration, KeepPolicy};
 use arkiv_source::postgres::physical::{self, Action, BaseBackupOptions, PhysicalRestoreOptions, Target};
+use arkiv_source::postgres::receive::ReceiveOptions;
+use arkiv_source::postgres::spool::Spool;
 use arkiv_source::postgres::wal::{self, Fetched, Pushed};
 use arkiv_source::postgres::Conn;
 
-use crate::cli::{Global, PgBackupArgs, PgCommand, PgExpireArgs, PgRestoreArgs, WalFetchArgs, WalPushArgs};
+use crate::cli::{
+    ArchiverArgs, Global, PgBackupArgs, PgCommand, PgExpireArgs, PgRestoreArgs, ReceiveArgs, WalFetchArgs, WalPushArgs,
+};
 use crate::output;
 use crate::progress::Ticker;
 use crate::Usage;
@@ -30,10 +34,15 @@ pub fn run(g: &Global, c: PgCommand) -> Result<ExitCode> {
         PgCommand::Restore(a) => restore(g, a),
         PgCommand::Info => info(g),
         PgCommand::Expire(a) => expire(g, a),
+        PgCommand::Archiver(a) => archiver(g, a),
+        PgCommand::Receive(a) => receive(g, a),
     }
 }
 
 fn wal_push(g: &Global, a: WalPushArgs) -> Result<ExitCode> {
+    if let Some(dir) = &a.spool {
+        return wal_push_async(g, &a, dir);
+    }
     let repo = crate::context::open(g)?;
     let how = wal::push(&repo, &a.path)?;
     let name = a.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
@@ -42,6 +51,109 @@ fn wal_push(g: &Global, a: WalPushArgs) -> Result<ExitCode> {
     } else if how == Pushed::AlreadyStored {
         tracing::info!("{name} was already archived with the same content");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The global flags that say which repository and how to open it, for
+/// a process this one starts.
+fn repository_args(g: &Global) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut add = |flag: &str, val: String| {
+        v.push(flag.to_string());
+        v.push(val);
+    };
+    if let Some(r) = &g.repo {
+        add("--repo", location_word(r));
+    }
+    if let Some(d) = &g.data_repo {
+        add("--data-repo", location_word(d));
+    }
+    if let Some(k) = &g.key_file {
+        add("--key-file", absolute(k));
+    }
+    if let Some(f) = &g.password_file {
+        add("--password-file", absolute(f));
+    }
+    if let Some(c) = &g.cache_dir {
+        add("--cache-dir", absolute(c));
+    }
+    v
+}
+
+fn wal_push_async(g: &Global, a: &WalPushArgs, dir: &Path) -> Result<ExitCode> {
+    let spool = Spool::new(dir)?;
+    let name = a.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let pg_wal = std::path::absolute(a.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
+    let start = || -> arkiv_source::Result<()> {
+        let exe = std::env::current_exe().map_err(|e| arkiv_source::Error::Invalid(format!("finding arkiv: {e}")))?;
+        let log =
+            std::fs::File::options().create(true).append(true).open(spool.dir.join("archiver.log")).map_err(|e| {
+                arkiv_source::Error::Io { path: spool.dir.join("archiver.log").display().to_string(), source: e }
+            })?;
+        let mut c = std::process::Command::new(exe);
+        c.args(repository_args(g))
+            .args(["pg", "archiver", "--spool"])
+            .arg(&spool.dir)
+            .arg("--pg-wal")
+            .arg(&pg_wal)
+            .args(["--parallel", &a.parallel.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().map_err(|e| arkiv_source::Error::Invalid(e.to_string()))?)
+            .stderr(log);
+        // Its own session: PostgreSQL's archiver may signal our process
+        // group, and the pusher must outlive this short command.
+        // SAFETY: setsid in the child before exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            c.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        c.spawn().map_err(|e| arkiv_source::Error::Invalid(format!("starting the archiver: {e}")))?;
+        Ok(())
+    };
+    if spool.await_pushed(&name, std::time::Duration::from_secs(a.wait), &start)? {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        anyhow::bail!(
+            "{name} is still waiting for the archiver after {} s (see {}); PostgreSQL will retry",
+            a.wait,
+            spool.dir.join("status.json").display()
+        )
+    }
+}
+
+fn archiver(g: &Global, a: ArchiverArgs) -> Result<ExitCode> {
+    let repo = crate::context::open(g)?;
+    let spool = Spool::new(&a.spool)?;
+    let idle = if a.idle_exit == 0 { std::time::Duration::MAX } else { std::time::Duration::from_secs(a.idle_exit) };
+    arkiv_source::postgres::spool::run_pusher(&repo, &spool, &a.pg_wal, a.parallel, idle)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn receive(g: &Global, a: ReceiveArgs) -> Result<ExitCode> {
+    let repo = crate::context::open(g)?;
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_stop as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_stop as *const () as libc::sighandler_t);
+    }
+    let opts = ReceiveOptions {
+        conn: Conn { host: a.host, port: a.port, user: a.user },
+        slot: a.slot,
+        create_slot: a.create_slot,
+        dir: a.dir,
+        interval: std::time::Duration::from_millis(a.interval_ms.max(50)),
+        pg_bin: a.pg_bin,
+    };
+    arkiv_source::postgres::receive::run(&repo, &opts, &STOP)?;
     Ok(ExitCode::SUCCESS)
 }
 
