@@ -214,6 +214,9 @@ pub struct PgBackupArgs {
     /// Read every file when the last backup that did is older than this (e.g. 7d)
     #[arg(long, default_value = "7d")]
     pub full_read_interval: String,
+    /// Do not verify page checksums while reading (verified by default when the cluster has data checksums)
+    #[arg(long)]
+    pub no_verify_checksums: bool,
     /// Let the backup's checkpoint spread out over checkpoint_completion_target instead of forcing it at once
     #[arg(long)]
     pub spread_checkpoint: bool,

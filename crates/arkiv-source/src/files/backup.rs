@@ -40,6 +40,44 @@ pub struct Progress {
     pub errors: AtomicU64,
 }
 
+/// Sees the bytes of every file a backup reads, in order: how a database
+/// source checks its pages while they are read anyway.
+pub trait ReadObserver: Send + Sync {
+    /// An observer for one file, or `None` to leave it alone.
+    fn file(&self, path: &Path) -> Option<Box<dyn FileObserver>>;
+}
+
+pub trait FileObserver {
+    fn data(&mut self, bytes: &[u8]);
+    /// The whole file has been read.
+    fn end(self: Box<Self>);
+}
+
+#[derive(Clone)]
+pub struct Observer(pub std::sync::Arc<dyn ReadObserver>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
+}
+
+/// A reader that shows what passes through it to a file observer.
+struct Observed<'a, R> {
+    inner: R,
+    observer: Option<&'a mut Box<dyn FileObserver>>,
+}
+
+impl<R: Read> Read for Observed<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(o) = self.observer.as_mut() {
+            o.data(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct BackupOptions {
     pub paths: Vec<PathBuf>,
@@ -67,6 +105,8 @@ pub struct BackupOptions {
     /// in which it was read looks unchanged; a cut-off a little before the
     /// parent backup began rules that out.
     pub unchanged_before_ns: Option<i64>,
+    /// Shown the bytes of every file read.
+    pub observer: Option<Observer>,
 }
 
 /// What a backup did.
@@ -300,22 +340,33 @@ impl Ctx<'_> {
         // buffer to set up for the common small file. One byte more than
         // that is asked for, to see whether the file grew since its stat.
         let limit = u64::from(self.indexed.repo().config().chunker.max_size);
-        if size <= limit {
+        let mut observer = self.opts.observer.as_ref().and_then(|o| o.0.file(path));
+        let saved = if size <= limit {
             let mut buf = Vec::with_capacity(size as usize + 1);
             (&mut file).take(limit + 1).read_to_end(&mut buf).map_err(io_err)?;
             if buf.len() as u64 <= limit {
                 // The whole file, whatever its size now: one that shrank
                 // since its stat is saved as read.
+                if let Some(o) = observer.as_mut() {
+                    o.data(&buf);
+                }
                 let ids = self.writer.save_bytes(&buf)?;
                 progress(buf.len() as u64);
-                return Ok((ids, buf.len() as u64));
+                Ok((ids, buf.len() as u64))
+            } else {
+                // It grew past one chunk while we looked: stream what was
+                // read followed by the rest of the same open file.
+                let reader = Observed { inner: io::Cursor::new(buf).chain(file), observer: observer.as_mut() };
+                self.writer.save_stream(reader, &progress).map_err(|e| stream_err(e, path))
             }
-            // It grew past one chunk while we looked: stream what was read
-            // followed by the rest of the same open file.
-            let reader = io::Cursor::new(buf).chain(file);
-            return self.writer.save_stream(reader, &progress).map_err(|e| stream_err(e, path));
+        } else {
+            let reader = Observed { inner: file, observer: observer.as_mut() };
+            self.writer.save_stream(reader, &progress).map_err(|e| stream_err(e, path))
+        };
+        if let (Some(o), Ok(_)) = (observer, &saved) {
+            o.end();
         }
-        self.writer.save_stream(file, &progress).map_err(|e| stream_err(e, path))
+        saved
     }
 
     fn is_tagged_cache(&self, dir: &Path) -> bool {

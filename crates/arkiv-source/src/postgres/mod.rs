@@ -8,6 +8,7 @@
 //! `PGSSLMODE` and the rest of libpq's environment, and a snapshot holds
 //! exactly what `pg_dump` wrote, so it can always be restored by hand.
 
+pub mod checksum;
 pub mod logical;
 pub mod physical;
 pub mod receive;

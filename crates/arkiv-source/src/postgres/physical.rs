@@ -32,10 +32,11 @@ use arkiv_repo::{Id, Indexed, Name, Node, NodeKind, Repository, Snapshot, Snapsh
 use chrono::{DateTime, FixedOffset, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::checksum::{ChecksumFailure, PageChecker};
 use super::wal::{Lsn, Segment, WalInventory, DEFAULT_SEGMENT_SIZE};
 use super::{major_name, major_of, parse_tool_version, Conn};
 use crate::error::{Error, Result};
-use crate::files::backup::{walk_dir, BackupOptions, Progress};
+use crate::files::backup::{walk_dir, BackupOptions, Observer, Progress};
 use crate::files::{PathFilter, RestoreOptions};
 
 /// The snapshot source name of a base backup.
@@ -96,6 +97,11 @@ pub struct BaseBackupInfo {
     /// When a backup in this chain last read every file.
     pub last_full_read: DateTime<Utc>,
     pub incremental: bool,
+    /// Pages whose checksum was verified while reading (`None`: not verified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages_checked: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checksum_failures: Vec<ChecksumFailure>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -143,6 +149,8 @@ pub struct BaseBackupOptions {
     pub fast_checkpoint: bool,
     /// How long to wait for the backup's WAL to reach the archive.
     pub archive_timeout: Duration,
+    /// Verify page checksums while reading (when the cluster has them).
+    pub verify_checksums: bool,
     pub tags: Vec<String>,
     pub host: Option<String>,
 }
@@ -363,8 +371,10 @@ pub fn backup(indexed: &Indexed, opts: &BaseBackupOptions, progress: &Progress) 
     } else {
         format!("select pg_start_backup('arkiv', {}, false)::text", opts.fast_checkpoint)
     };
+    let checksums = opts.verify_checksums && s.text("select current_setting('data_checksums')")? == "on";
     let started = Utc::now();
-    s.text(&start_sql)?;
+    let begun: Lsn = s.text(&start_sql)?.parse()?;
+    let checker = checksums.then(|| PageChecker::new(begun));
 
     let writer = Writer::new(indexed);
     let walked = (|| -> Result<(Tree, Vec<arkiv_repo::Skipped>, arkiv_repo::Summary)> {
@@ -379,6 +389,7 @@ pub fn backup(indexed: &Indexed, opts: &BaseBackupOptions, progress: &Progress) 
             unchanged_before_ns: parent
                 .as_ref()
                 .map(|(_, p)| (p.started.timestamp_nanos_opt().unwrap_or(0)) - 1_000_000_000),
+            observer: checker.as_ref().map(|c| Observer(std::sync::Arc::new(c.clone()))),
             ..Default::default()
         };
         let mut root = walk_dir(indexed, &writer, &pgdata, parent_root.as_ref(), &walk_opts, progress)?;
@@ -473,6 +484,8 @@ pub fn backup(indexed: &Indexed, opts: &BaseBackupOptions, progress: &Progress) 
             parent.as_ref().map(|(_, p)| p.last_full_read).unwrap_or(started)
         },
         incremental: !full_read,
+        pages_checked: checker.as_ref().map(|c| c.pages_checked()),
+        checksum_failures: checker.as_ref().map(|c| c.failures()).unwrap_or_default(),
     };
     wait_for_wal(repo, &info, opts.archive_timeout)?;
 

@@ -190,6 +190,7 @@ fn backup(g: &Global, a: PgBackupArgs) -> Result<ExitCode> {
         full_read_interval: interval.to_std().unwrap_or_default(),
         fast_checkpoint: !a.spread_checkpoint,
         archive_timeout: std::time::Duration::from_secs(a.archive_timeout),
+        verify_checksums: !a.no_verify_checksums,
         tags: a.tags,
         host: a.hostname,
     };
@@ -228,6 +229,8 @@ fn backup(g: &Global, a: PgBackupArgs) -> Result<ExitCode> {
             "bytes_stored": s.bytes_stored,
             "duration_secs": s.duration_secs,
             "skipped": out.snapshot.skipped,
+            "pages_checked": out.info.pages_checked,
+            "checksum_failures": out.info.checksum_failures,
         }));
     } else if !g.quiet {
         println!(
@@ -243,6 +246,18 @@ fn backup(g: &Global, a: PgBackupArgs) -> Result<ExitCode> {
             out.info.stop_wal,
             s.duration_secs
         );
+    }
+    if !out.info.checksum_failures.is_empty() {
+        for f in &out.info.checksum_failures {
+            eprintln!("arkiv: page checksum failure: {} block {}", f.path, f.block);
+        }
+        eprintln!(
+            "arkiv: base backup {} saved, but {} page(s) failed their checksum: the cluster's files are damaged; an \
+             older base backup may hold good copies",
+            out.id.short(),
+            out.info.checksum_failures.len()
+        );
+        return Ok(ExitCode::from(crate::EXIT_PARTIAL));
     }
     Ok(ExitCode::SUCCESS)
 }
