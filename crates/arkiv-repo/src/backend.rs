@@ -166,7 +166,7 @@ impl Store {
         let abs = if path.is_absolute() {
             path.to_path_buf()
         } else {
-            std::env::current_dir().map_err(|e| Error::Io { path: path.display().to_string(), source: e })?.join(path)
+            std::env::current_dir().map_err(|e| Error::Io { path: path.display().to_string(), cause: e })?.join(path)
         };
         let root = abs.to_string_lossy().to_string();
         // Writes go to a temporary file in `tmp/` and are renamed into place,

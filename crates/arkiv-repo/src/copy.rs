@@ -89,7 +89,9 @@ impl Copier<'_> {
                 }
                 let reader = ContentReader::new(self.src, &node.content);
                 let (ids, _) = self.writer.save_stream(reader, &|_| {}).map_err(|e| match e {
-                    Error::Io { source, .. } => Error::Invalid(format!("copying {}: {source}", node.name.lossy())),
+                    Error::Io { cause: source, .. } => {
+                        Error::Invalid(format!("copying {}: {source}", node.name.lossy()))
+                    }
                     other => other,
                 })?;
                 self.contents.insert(key, ids.clone());

@@ -15,8 +15,8 @@ pub enum Error {
 
     // The cause is part of the message, not a `source`: printed as a chain
     // it would appear twice.
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
 
     #[error("{location} is not an Arkiv repository (no config file); create one with `arkiv init`")]
     NotARepository { location: String },
@@ -72,6 +72,6 @@ impl Error {
     }
 
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Error {
-        Error::Io { path: path.as_ref().display().to_string(), source }
+        Error::Io { path: path.as_ref().display().to_string(), cause: source }
     }
 }

@@ -424,7 +424,7 @@ impl Writer {
         if let Some(e) = failure {
             return Err(e);
         }
-        let len = res.map_err(|e| Error::Io { path: "stream".into(), source: e })?;
+        let len = res.map_err(|e| Error::Io { path: "stream".into(), cause: e })?;
         Ok((ids, len))
     }
 

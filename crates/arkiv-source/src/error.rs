@@ -10,8 +10,8 @@ pub enum Error {
 
     // The cause is part of the message, not a `source`: printed as a chain
     // it would appear twice.
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
 
     /// A directory of a snapshot that cannot be read, named by its path in
     /// the snapshot.

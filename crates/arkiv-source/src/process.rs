@@ -81,7 +81,7 @@ impl Tool {
         tracing::debug!(program = %self.program, "starting");
         let mut child = self.cmd.spawn().map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Error::ToolMissing { program: self.program.clone() },
-            _ => Error::Io { path: self.program.clone(), source: e },
+            _ => Error::Io { path: self.program.clone(), cause: e },
         })?;
         let stderr = Arc::new(Mutex::new(VecDeque::new()));
         let pipe = child.stderr.take();
@@ -114,7 +114,7 @@ impl Tool {
         let read = running.child.as_mut().and_then(|c| c.stdout.take()).map(|mut s| s.read_to_end(&mut out));
         running.finish()?;
         if let Some(Err(e)) = read {
-            return Err(Error::Io { path: format!("{} (standard output)", running.program), source: e });
+            return Err(Error::Io { path: format!("{} (standard output)", running.program), cause: e });
         }
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
@@ -166,7 +166,7 @@ impl Tool {
             // The tool stopped reading: its own status says why.
             Err(CopyError::Output(e)) => {
                 running.finish()?;
-                Err(Error::Io { path: format!("{} (standard input)", running.program), source: e })
+                Err(Error::Io { path: format!("{} (standard input)", running.program), cause: e })
             }
         }
     }
@@ -274,7 +274,7 @@ impl Running {
         let Some(mut child) = self.child.take() else {
             return Err(Error::Invalid(format!("{}: already finished", self.program)));
         };
-        let status = child.wait().map_err(|e| Error::Io { path: self.program.clone(), source: e })?;
+        let status = child.wait().map_err(|e| Error::Io { path: self.program.clone(), cause: e })?;
         if let Some(c) = self.collector.take() {
             let _ = c.join();
         }

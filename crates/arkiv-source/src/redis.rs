@@ -315,7 +315,7 @@ impl RedisFileTarget {
 fn write_file(path: &Path, input: &mut dyn Read, overwrite: bool) -> Result<u64> {
     let io = |p: &Path| {
         let p = p.display().to_string();
-        move |e: std::io::Error| Error::Io { path: p, source: e }
+        move |e: std::io::Error| Error::Io { path: p, cause: e }
     };
     if !overwrite && path.symlink_metadata().is_ok() {
         return Err(Error::Invalid(format!("{}: exists; give --overwrite to replace it", path.display())));
@@ -425,7 +425,7 @@ impl RedisSandbox {
         for _ in 0..3 {
             self.port = TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
-                .map_err(|e| Error::Io { path: "127.0.0.1 (a free port)".into(), source: e })?
+                .map_err(|e| Error::Io { path: "127.0.0.1 (a free port)".into(), cause: e })?
                 .port();
             let child = Command::new("redis-server")
                 .arg("--port")
@@ -442,7 +442,7 @@ impl RedisSandbox {
                 .spawn()
                 .map_err(|e| match e.kind() {
                     std::io::ErrorKind::NotFound => Error::ToolMissing { program: "redis-server".into() },
-                    _ => Error::Io { path: "redis-server".into(), source: e },
+                    _ => Error::Io { path: "redis-server".into(), cause: e },
                 })?;
             self.server = Some(child);
             match self.wait_ready() {
@@ -462,7 +462,7 @@ impl RedisSandbox {
         let t0 = Instant::now();
         loop {
             if let Some(status) = self.server.as_mut().and_then(|c| c.try_wait().transpose()) {
-                let status = status.map_err(|e| Error::Io { path: "redis-server".into(), source: e })?;
+                let status = status.map_err(|e| Error::Io { path: "redis-server".into(), cause: e })?;
                 self.server = None;
                 return Err(self.error(format!("redis-server exited ({status}): {}", self.log_tail())));
             }
@@ -559,7 +559,7 @@ impl Sandbox for RedisSandbox {
             std::fs::DirBuilder::new()
                 .mode(0o700)
                 .create(&self.dir)
-                .map_err(|e| Error::Io { path: self.dir.display().to_string(), source: e })?;
+                .map_err(|e| Error::Io { path: self.dir.display().to_string(), cause: e })?;
         }
         let bytes = write_file(&self.file(), &mut streams.reader(s), false)?;
         self.start()?;
@@ -614,7 +614,7 @@ impl Sandbox for RedisSandbox {
         self.stop();
         match std::fs::remove_dir_all(&self.dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::Io { path: self.dir.display().to_string(), source: e })
+                Err(Error::Io { path: self.dir.display().to_string(), cause: e })
             }
             _ => Ok(()),
         }

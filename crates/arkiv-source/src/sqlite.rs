@@ -93,7 +93,7 @@ pub fn parse_path(rest: &str) -> Result<PathBuf> {
     if path.ends_with('/') || Path::new(path).file_name().is_none() {
         return Err(Error::Invalid(format!("sqlite:{rest}: names a directory, not a database file")));
     }
-    std::path::absolute(path).map_err(|e| Error::Io { path: path.to_string(), source: e })
+    std::path::absolute(path).map_err(|e| Error::Io { path: path.to_string(), cause: e })
 }
 
 /// The recorded location of a database file: `sqlite:///abs/path`.
@@ -335,7 +335,7 @@ impl StreamSource for SqliteSource {
             let dir = tempfile::Builder::new()
                 .prefix("arkiv-sqlite-")
                 .tempdir_in(&self.temp_dir)
-                .map_err(|e| Error::Io { path: self.temp_dir.display().to_string(), source: e })?;
+                .map_err(|e| Error::Io { path: self.temp_dir.display().to_string(), cause: e })?;
             Staging::File(dir)
         };
         let mut dest = staging.open().map_err(|e| self.fail(format!("opening the {} copy: {e}", staging.name())))?;
@@ -373,7 +373,7 @@ impl StreamSource for SqliteSource {
                 // Closed first so every page is in the file.
                 drop(dest);
                 let path = dir.path().join("copy.db");
-                let f = fs::File::open(&path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
+                let f = fs::File::open(&path).map_err(|e| Error::Io { path: path.display().to_string(), cause: e })?;
                 out.add(&name, f)?
             }
         };
@@ -468,7 +468,7 @@ fn restore_file(
         Ok(_) if !overwrite => return Err(fail("exists; use --overwrite to replace it".into())),
         Ok(md) => Some(md.permissions().mode()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Error::Io { path: target.display().to_string(), source: e }),
+        Err(e) => return Err(Error::Io { path: target.display().to_string(), cause: e }),
     };
     // SQLite applies a WAL or a hot journal found beside a database to it,
     // whatever database it came from: left there, the old file's would
@@ -487,7 +487,7 @@ fn restore_file(
     let file_name = target.file_name().expect("a file path").to_string_lossy();
     let pending =
         Pending { path: dir.join(format!(".{file_name}.{}.arkiv-restore", verify::scratch_name())), keep: false };
-    let io_err = |p: &Path, e: std::io::Error| Error::Io { path: p.display().to_string(), source: e };
+    let io_err = |p: &Path, e: std::io::Error| Error::Io { path: p.display().to_string(), cause: e };
     // 0600: a database copy is as private as the data in it; a replaced
     // file's mode is kept below.
     let mut f = fs::OpenOptions::new()
@@ -628,7 +628,7 @@ impl Sandbox for SqliteSandbox {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{}-", verify::scratch_name()))
             .tempdir_in(&self.parent)
-            .map_err(|e| Error::Io { path: self.parent.display().to_string(), source: e })?;
+            .map_err(|e| Error::Io { path: self.parent.display().to_string(), cause: e })?;
         let s = streams.single(&RestoreOptions::default())?;
         let file = dir.path().join(&s.name);
         self.dir = Some(dir);
@@ -685,7 +685,7 @@ impl Sandbox for SqliteSandbox {
         match self.dir.take() {
             Some(dir) => {
                 let path = dir.path().display().to_string();
-                dir.close().map_err(|e| Error::Io { path, source: e })
+                dir.close().map_err(|e| Error::Io { path, cause: e })
             }
             None => Ok(()),
         }

@@ -163,7 +163,7 @@ impl<'a> StreamBackup<'a> {
             progress.bytes_read.fetch_add(n, Ordering::Relaxed);
         };
         let (content, len) = self.writer.save_stream(reader, &count).map_err(|e| match e {
-            arkiv_repo::Error::Io { source, .. } => crate::process::input_error(source),
+            arkiv_repo::Error::Io { cause: source, .. } => crate::process::input_error(source),
             other => Error::Repo(other),
         })?;
         progress.files.fetch_add(1, Ordering::Relaxed);

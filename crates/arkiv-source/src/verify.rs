@@ -169,7 +169,7 @@ impl DirSandbox {
         let dir = tempfile::Builder::new()
             .prefix("arkiv-verify-")
             .tempdir()
-            .map_err(|e| Error::Io { path: std::env::temp_dir().display().to_string(), source: e })?;
+            .map_err(|e| Error::Io { path: std::env::temp_dir().display().to_string(), cause: e })?;
         let path = dir.path().to_path_buf();
         Ok(DirSandbox { dir: Some(dir), path })
     }
@@ -208,7 +208,7 @@ impl Sandbox for DirSandbox {
 
     fn remove(&mut self) -> Result<()> {
         match self.dir.take() {
-            Some(d) => d.close().map_err(|e| Error::Io { path: self.location(), source: e }),
+            Some(d) => d.close().map_err(|e| Error::Io { path: self.location(), cause: e }),
             None => Ok(()),
         }
     }

@@ -109,9 +109,9 @@ impl Repo {
         &self.s.repo
     }
 
-    /// Opens everything in the repository to the postgres user: after
-    /// `init`, and after every command run as root, which may have added
-    /// directories the server's archive_command must write into.
+    /// Opens the repository `init` made as root to the postgres user, whose
+    /// archive_command writes into it. (Later commands run as root are not
+    /// followed by this: what they add must not stop the archiving.)
     fn share(&self) {
         let o = output({
             let mut c = Command::new("chmod");
@@ -132,13 +132,20 @@ impl Repo {
     }
 
     /// `arkiv --repo R --password-file F ARGS…` (as root), whatever happens.
+    /// Each command and what it said on stderr go to the test's output,
+    /// which a failing test shows.
     fn run_with(&self, password_file: &Path, args: &[&str]) -> Output {
         let mut c = bare_command();
         c.arg("--repo").arg(self.path()).arg("--password-file").arg(password_file).args(args);
+        let started = Instant::now();
         let o = common::run(c);
-        if self.path().exists() {
-            self.share();
-        }
+        eprintln!(
+            "$ arkiv {} → {:?} in {:.1} s{}",
+            describe(args),
+            o.status.code(),
+            started.elapsed().as_secs_f64(),
+            if o.stderr.is_empty() { String::new() } else { format!("\n{}", stderr(&o).trim_end()) }
+        );
         o
     }
 
@@ -298,6 +305,11 @@ impl Cluster {
     /// cluster archives only when `archiving` (its configuration is the
     /// original's, archive_command included).
     fn start(&mut self, archiving: bool) {
+        self.try_start(archiving).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Cluster::start`], or why the server did not start.
+    fn try_start(&mut self, archiving: bool) -> Result<(), String> {
         let mut opts = format!("-p {} -k {}", self.port, path_str(self.sock()));
         if !archiving {
             opts.push_str(" -c archive_mode=off");
@@ -310,8 +322,13 @@ impl Cluster {
             .arg(self.log_path())
             .args(["-t", "120", "-w", "-o", &opts, "start"]);
         let o = output(cmd);
-        assert!(o.status.success(), "pg_ctl start: {}\n--- server log ---\n{}", text(&o), self.log());
+        // Running or not, stop it when dropped.
         self.running = true;
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(format!("pg_ctl start failed: {}\n--- server log ---\n{}", text(&o), self.log()))
+        }
     }
 
     fn stop(&mut self) {
@@ -399,7 +416,14 @@ impl Cluster {
     /// Waits until recovery reached its target: paused there, or over
     /// (promoted). Returns "paused" or "promoted".
     fn wait_recovered(&self) -> &'static str {
+        self.try_wait_recovered().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Cluster::wait_recovered`], or why recovery did not get there
+    /// (the server stopped, or two minutes passed), with the server log.
+    fn try_wait_recovered(&self) -> Result<&'static str, String> {
         let mut last = String::new();
+        let mut stopped = false;
         let state = poll(Duration::from_secs(120), || {
             // The pause state is an error once recovery is over.
             match self.try_psql(
@@ -415,16 +439,21 @@ impl Cluster {
                 }
                 Err(e) => {
                     last = e;
-                    None
+                    // The postmaster removes its pid file when it exits.
+                    stopped = !self.data.join("postmaster.pid").exists();
+                    stopped.then_some("stopped")
                 }
             }
         });
-        state.unwrap_or_else(|| {
-            panic!(
-                "recovery did not reach its target in 120 s; last answer: {last}\n--- server log ---\n{}",
+        match state {
+            Some(s) if s != "stopped" => Ok(s),
+            _ => Err(format!(
+                "recovery did not reach its target: {}; last answer: {}\n--- server log ---\n{}",
+                if stopped { "the server stopped" } else { "still recovering after 120 s" },
+                last.trim_end(),
                 self.log()
-            )
-        })
+            )),
+        }
     }
 
     /// The ids in table `t`.
@@ -518,14 +547,17 @@ fn pitr_to_twenty_random_times_is_exact() {
     let pg = Cluster::archiving(&repo);
     pg.psql("create table t (id serial primary key, stamp timestamptz default clock_timestamp())");
     repo.backup(&pg, &[]);
-    pg.psql(
-        "do $$ begin
-           for i in 1..60 loop
-             insert into t default values; commit;
-             perform pg_sleep(0.03 + (i % 4) * 0.01);
-           end loop;
-         end $$",
-    );
+    // Half the rows, a second base backup, the other half: a target before
+    // the second backup must be restored from the first.
+    let rows = "do $$ begin
+                  for i in 1..30 loop
+                    insert into t default values; commit;
+                    perform pg_sleep(0.03 + (i % 4) * 0.01);
+                  end loop;
+                end $$";
+    pg.psql(rows);
+    repo.backup(&pg, &[]);
+    pg.psql(rows);
     pg.switch_wal_and_wait();
     let commits = pg.commit_times();
     assert_eq!(commits.len(), 60);
@@ -559,6 +591,7 @@ fn pitr_to_twenty_random_times_is_exact() {
             text(&o)
         );
         assert_eq!(state, "paused", "--action pause: recovery should pause at {when}\n{}", text(&o));
+        drop(c);
         println!("target {:2} {when}: {} rows, {:.1} s", i + 1, got.len(), one.elapsed().as_secs_f64());
     }
     println!("20 restores in {:.1} s", all.elapsed().as_secs_f64());
@@ -577,18 +610,81 @@ fn pitr_to_lsn_xid_and_restore_point() {
     pg.switch_wal_and_wait();
     let id = b["id"].as_str().unwrap();
 
-    let cases: [(&[&str], BTreeSet<i64>); 5] = [
-        (&["--lsn", &lsn], range(1, 20)),
-        (&[id, "--xid", &xid], range(1, 30)),
-        (&["--name", "before_phase3"], range(1, 35)),
-        (&["--immediate"], range(1, 10)),
-        (&[], range(1, 50)),
-    ];
+    restore_cases(
+        &repo,
+        &[
+            (&["--lsn", &lsn], range(1, 20)),
+            (&["--xid", &xid], range(1, 30)),
+            (&[id, "--xid", &xid], range(1, 30)),
+            (&["--name", "before_phase3"], range(1, 35)),
+            (&["--immediate"], range(1, 10)),
+            (&[], range(1, 50)),
+        ],
+    );
+}
+
+/// Restores with each set of arguments, starts the result and compares
+/// the ids in `t` with the expected ones; every case is tried and the
+/// failures are reported together.
+fn restore_cases(repo: &Repo, cases: &[(&[&str], BTreeSet<i64>)]) {
+    let mut failures = Vec::new();
     for (args, expected) in cases {
-        let (c, o) = repo.restore_and_start(args, false);
-        c.wait_recovered();
-        assert_eq!(c.ids(), expected, "pg restore {}\n{}", args.join(" "), text(&o));
+        let mut c = Cluster::home();
+        let o = repo.restore(&c.data, args);
+        if o.status.code() != Some(0) {
+            failures.push(format!("pg restore {} exited with {:?}\n{}", args.join(" "), o.status, text(&o)));
+            continue;
+        }
+        c.adopt_data();
+        if let Err(e) = c.try_start(false).and_then(|_| c.try_wait_recovered().map(|_| ())) {
+            failures.push(format!("pg restore {}: {e}\n{}", args.join(" "), text(&o)));
+            continue;
+        }
+        let got = c.ids();
+        if got != *expected {
+            failures.push(format!(
+                "pg restore {}: {} rows (ids {:?}..{:?}), expected {} (ids {:?}..{:?})\n{}",
+                args.join(" "),
+                got.len(),
+                got.first(),
+                got.last(),
+                expected.len(),
+                expected.first(),
+                expected.last(),
+                text(&o)
+            ));
+        }
     }
+    assert!(failures.is_empty(), "{} of {} restores failed:\n\n{}", failures.len(), cases.len(), failures.join("\n\n"));
+}
+
+#[test]
+fn without_a_snapshot_restore_chooses_a_base_backup_from_before_the_target() {
+    let (repo, pg, _) = cluster_with_backup(10);
+    pg.psql("insert into t select generate_series(11, 20)");
+    let lsn = pg.psql("select pg_current_wal_lsn()");
+    let xid = pg.psql("insert into t select generate_series(21, 30); select pg_current_xact_id()");
+    pg.psql("select pg_create_restore_point('after_30')");
+    std::thread::sleep(Duration::from_millis(50));
+    let time = pg.psql("select clock_timestamp()");
+    std::thread::sleep(Duration::from_millis(50));
+    pg.psql("insert into t select generate_series(31, 40)");
+    // The second backup is after every target but the last two.
+    repo.backup(&pg, &[]);
+    pg.psql("insert into t select generate_series(41, 50)");
+    pg.switch_wal_and_wait();
+
+    restore_cases(
+        &repo,
+        &[
+            (&["--lsn", &lsn], range(1, 20)),
+            (&["--xid", &xid], range(1, 30)),
+            (&["--time", &time], range(1, 30)),
+            (&["--name", "after_30"], range(1, 30)),
+            (&["--immediate"], range(1, 40)),
+            (&[], range(1, 50)),
+        ],
+    );
 }
 
 #[test]
@@ -625,6 +721,9 @@ fn a_promoted_restore_archives_a_new_timeline_that_can_be_recovered_again() {
     assert!(tl2["first"].as_str().unwrap().starts_with("00000002"), "{info}");
     assert!(tl2["segments"].as_u64().unwrap() >= 1, "{info}");
     assert!(info["history"].as_array().unwrap().contains(&Value::from("00000002.history")), "{info}");
+    for t in info["timelines"].as_array().unwrap() {
+        assert_eq!(t["missing"], serde_json::json!([]), "no segment is missing: {info}");
+    }
 
     // To the end of the latest timeline (the default): timeline 1 up to
     // T1, then timeline 2.
@@ -635,10 +734,75 @@ fn a_promoted_restore_archives_a_new_timeline_that_can_be_recovered_again() {
         c.wait_recovered();
         assert_eq!(c.ids(), expected, "pg restore {}\n{}", args.join(" "), text(&o));
     }
-    // Staying on timeline 1 gives all of its rows.
-    let (c, o) = repo.restore_and_start(&["--timeline", "1"], false);
-    c.wait_recovered();
-    assert_eq!(c.ids(), range(1, 20), "pg restore --timeline 1\n{}", text(&o));
+    // Staying on timeline 1 (the backup's) gives all of its rows.
+    for tl in ["1", "current"] {
+        let (c, o) = repo.restore_and_start(&["--timeline", tl], false);
+        c.wait_recovered();
+        assert_eq!(c.ids(), range(1, 20), "pg restore --timeline {tl}\n{}", text(&o));
+    }
+}
+
+#[test]
+fn a_segment_missing_on_the_latest_timeline_is_not_covered_by_an_older_timeline() {
+    // Timeline 1 goes on for four segments after T1; timeline 2 branches
+    // at T1 and has four segments of its own, with the same numbers.
+    let repo = Repo::new();
+    let mut a = Cluster::archiving(&repo);
+    a.psql("create table t (id int primary key)");
+    repo.backup(&a, &[]);
+    a.psql("insert into t select generate_series(1, 10)");
+    std::thread::sleep(Duration::from_millis(50));
+    let t1 = a.psql("select clock_timestamp()");
+    std::thread::sleep(Duration::from_millis(50));
+    for i in 0..4 {
+        a.psql(&format!("insert into t select generate_series({}, {})", 11 + 10 * i, 20 + 10 * i));
+        a.switch_wal_and_wait();
+    }
+    a.stop();
+    let (b, o) = repo.restore_and_start(&["--time", &t1, "--action", "promote"], true);
+    assert_eq!(b.wait_recovered(), "promoted", "{}", text(&o));
+    for i in 0..3 {
+        b.psql(&format!("insert into t select generate_series({}, {})", 1001 + 10 * i, 1010 + 10 * i));
+        b.switch_wal_and_wait();
+    }
+    drop(b);
+
+    // A segment of timeline 2 (not its first or last) that timeline 1
+    // has under the same number goes missing.
+    let (tl1, tl2) = (repo.segments(1), repo.segments(2));
+    let victim = tl2[1..tl2.len() - 1]
+        .iter()
+        .find(|s| tl1.contains(&format!("00000001{}", &s[8..])))
+        .unwrap_or_else(|| panic!("no timeline 2 segment shares a number with timeline 1: {tl1:?} {tl2:?}"))
+        .clone();
+    let (_, path) = repo.archived().into_iter().find(|(n, _)| *n == victim).unwrap();
+    fs::remove_file(&path).unwrap();
+
+    let info = repo.info();
+    let tl = info["timelines"].as_array().unwrap().iter().find(|t| t["timeline"] == 2).expect("timeline 2");
+    assert!(tl["missing"].as_array().unwrap().contains(&Value::from(victim.as_str())), "pg info: {info}");
+
+    // PostgreSQL following timeline 2 never reads timeline 1's segment of
+    // that number: recovery would end at the gap and promote, without
+    // the rows after it. The restore must refuse instead.
+    let mut home = Cluster::home();
+    let o = repo.restore(&home.data, &[]);
+    if o.status.success() {
+        // Show what the accepted restore leads to.
+        home.adopt_data();
+        let end = home
+            .try_start(false)
+            .and_then(|_| home.try_wait_recovered())
+            .map(|_| format!("{:?}", home.ids()))
+            .unwrap_or_else(|e| e);
+        panic!(
+            "pg restore with timeline 2's {victim} missing (timeline 1 has that number) exited 0, expected 1 \
+             naming it; started, the restored server ends with ids {end} instead of 1..=10 and 1001..=1030\n{}",
+            text(&o)
+        );
+    }
+    assert_code(&o, 1, &format!("pg restore (timeline 2's {victim} missing; timeline 1 has that number)"));
+    assert!(stderr(&o).contains(&victim), "the error should name {victim}: {}", stderr(&o));
 }
 
 // ---- incremental base backups ----
@@ -653,6 +817,10 @@ fn incremental_base_backup_rereads_only_changed_files() {
          insert into t select g, 'old' from generate_series(1, 100) g;
          checkpoint",
     );
+    // A file written less than a second before a backup started is read
+    // again by the next one (its mtime cannot tell a later write apart):
+    // let what the setup wrote settle first.
+    std::thread::sleep(Duration::from_millis(2_000));
     let first = repo.backup(&pg, &[]);
     let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"));
     assert_eq!(first["incremental"], false, "{first}");
@@ -714,6 +882,19 @@ fn wal_push_and_fetch_keep_one_content_per_name_and_fail_as_postgres_needs() {
     repo.ok(&["pg", "wal-fetch", name, path_str(&fetched)]);
     assert!(fs::read(&fetched).unwrap() == original, "the first content was replaced");
 
+    // Any other failure of wal-push is exit 1 too (PostgreSQL retries).
+    let wrong = repo.s.join("wrong-password");
+    fs::write(&wrong, "not the password\n").unwrap();
+    let missing = repo.s.join("000000010000000000000002");
+    for (what, o) in [
+        ("pg wal-push with a wrong password", repo.run_with(&wrong, &["pg", "wal-push", seg])),
+        ("pg wal-push of a missing file", repo.run(&["pg", "wal-push", path_str(&missing)])),
+    ] {
+        assert_code(&o, 1, what);
+        let e = stderr(&o);
+        assert_eq!(e.trim_end().lines().count(), 1, "{what}: expected a one-line error, got:\n{e}");
+    }
+
     // Absent names end recovery: exit 1 (PostgreSQL asks for history files
     // that never existed at every start).
     for absent in ["000000010000000000000099", "00000002.history"] {
@@ -726,8 +907,6 @@ fn wal_push_and_fetch_keep_one_content_per_name_and_fail_as_postgres_needs() {
     }
 
     // Anything else must abort recovery: an exit code above 125.
-    let wrong = repo.s.join("wrong-password");
-    fs::write(&wrong, "not the password\n").unwrap();
     let dest = repo.s.join("with-wrong-password");
     let o = repo.run_with(&wrong, &["pg", "wal-fetch", name, path_str(&dest)]);
     assert!(o.status.code().is_some_and(|c| c > 125), "wal-fetch with a wrong password: {:?}\n{}", o.status, text(&o));
@@ -933,6 +1112,13 @@ fn expire_keeps_the_last_backups_and_the_wal_they_need() {
     let info = repo.info();
     let ids: Vec<&str> = info["backups"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [second_id], "{info}");
+
+    // The window starts at the kept backup now.
+    let before_second = rfc3339(parse_time(&second["stopped"]) - chrono::Duration::seconds(1));
+    let home = Cluster::home();
+    let o = repo.restore(&home.data, &["--time", &before_second]);
+    assert_code(&o, 1, &format!("pg restore --time {before_second} (before the only backup left)"));
+    assert!(stderr(&o).contains("window"), "{}", stderr(&o));
 
     let (c, o) = repo.restore_and_start(&[], false);
     c.wait_recovered();

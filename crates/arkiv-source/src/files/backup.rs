@@ -310,8 +310,12 @@ impl Ctx<'_> {
                 self.fatal(e);
                 None
             }
-            Err(Error::Io { source, .. }) if self.opts.missing_ok && source.kind() == io::ErrorKind::NotFound => None,
-            Err(Error::Io { source, .. }) => {
+            Err(Error::Io { cause: source, .. })
+                if self.opts.missing_ok && source.kind() == io::ErrorKind::NotFound =>
+            {
+                None
+            }
+            Err(Error::Io { cause: source, .. }) => {
                 self.skip(path, source.to_string(), true);
                 None
             }
@@ -323,7 +327,7 @@ impl Ctx<'_> {
     }
 
     fn read_content(&self, path: &Path, size: u64) -> Result<(Vec<Id>, u64)> {
-        let io_err = |e: io::Error| Error::Io { path: path.display().to_string(), source: e };
+        let io_err = |e: io::Error| Error::Io { path: path.display().to_string(), cause: e };
         // O_NOATIME keeps a backup from touching every file's atime; only
         // the owner (or root) may ask for it, so fall back without it.
         let mut file = fs::OpenOptions::new()
@@ -414,7 +418,7 @@ impl Ctx<'_> {
 /// fatal, a read error names the file.
 fn stream_err(e: arkiv_repo::Error, path: &Path) -> Error {
     match e {
-        arkiv_repo::Error::Io { source, .. } => Error::Io { path: path.display().to_string(), source },
+        arkiv_repo::Error::Io { cause: source, .. } => Error::Io { path: path.display().to_string(), cause: source },
         other => Error::Repo(other),
     }
 }
@@ -508,7 +512,7 @@ impl Ctx<'_> {
 pub fn absolute_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
-        let abs = std::path::absolute(p).map_err(|e| Error::Io { path: p.display().to_string(), source: e })?;
+        let abs = std::path::absolute(p).map_err(|e| Error::Io { path: p.display().to_string(), cause: e })?;
         let mut norm = PathBuf::from("/");
         for c in abs.components() {
             match c {
@@ -519,7 +523,7 @@ pub fn absolute_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 _ => {}
             }
         }
-        fs::symlink_metadata(&norm).map_err(|e| Error::Io { path: p.display().to_string(), source: e })?;
+        fs::symlink_metadata(&norm).map_err(|e| Error::Io { path: p.display().to_string(), cause: e })?;
         out.push(norm);
     }
     out.sort();
@@ -623,7 +627,7 @@ pub fn walk_dir(
         counts: Counts::default(),
         fatal: Mutex::new(None),
     };
-    let md = fs::metadata(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?;
+    let md = fs::metadata(dir).map_err(|e| Error::Io { path: dir.display().to_string(), cause: e })?;
     let tree = ctx.save_dir(dir, parent, md.dev());
     if let Some(e) = ctx.fatal.lock().unwrap().take() {
         return Err(Error::Repo(e));

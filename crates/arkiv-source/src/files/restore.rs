@@ -294,7 +294,7 @@ pub fn restore(
         return Ok(out);
     }
 
-    let io = |p: &Path, e: std::io::Error| Error::Io { path: p.display().to_string(), source: e };
+    let io = |p: &Path, e: std::io::Error| Error::Io { path: p.display().to_string(), cause: e };
     fs::create_dir_all(&opts.target).map_err(|e| io(&opts.target, e))?;
     for d in &plan.dirs {
         let t = target_of(&opts.target, &d.rel);

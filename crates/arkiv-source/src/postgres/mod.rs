@@ -213,15 +213,15 @@ pub fn replay_globals(conn: &Conn, sql: Vec<u8>) -> Result<GlobalsReplay> {
     cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::ToolMissing { program: "psql".into() },
-        _ => Error::Io { path: "psql".into(), source: e },
+        _ => Error::Io { path: "psql".into(), cause: e },
     })?;
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let writer = std::thread::spawn(move || stdin.write_all(&sql));
     let mut err = String::new();
     let read = child.stderr.take().expect("stderr is piped").read_to_string(&mut err);
-    let status = child.wait().map_err(|e| Error::Io { path: "psql".into(), source: e })?;
+    let status = child.wait().map_err(|e| Error::Io { path: "psql".into(), cause: e })?;
     let written = writer.join().expect("writer thread");
-    read.map_err(|e| Error::Io { path: "psql (standard error)".into(), source: e })?;
+    read.map_err(|e| Error::Io { path: "psql (standard error)".into(), cause: e })?;
     if !status.success() {
         let tail: Vec<&str> = err.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
         let e = Error::ToolFailed {
@@ -231,7 +231,7 @@ pub fn replay_globals(conn: &Conn, sql: Vec<u8>) -> Result<GlobalsReplay> {
         };
         return Err(connection_error(e, conn));
     }
-    written.map_err(|e| Error::Io { path: "psql (standard input)".into(), source: e })?;
+    written.map_err(|e| Error::Io { path: "psql (standard input)".into(), cause: e })?;
     let mut out = GlobalsReplay::default();
     for line in err.lines().filter(|l| l.contains("ERROR:")) {
         let msg = line[line.find("ERROR:").expect("contains ERROR:") + 6..].trim().to_string();

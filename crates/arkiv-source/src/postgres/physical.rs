@@ -163,7 +163,7 @@ pub struct BaseBackupOutcome {
 }
 
 fn io(path: &Path, e: std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), source: e }
+    Error::Io { path: path.display().to_string(), cause: e }
 }
 
 /// A libpq-like connection for the held backup session.
@@ -663,76 +663,221 @@ pub fn window(backups: &[(SnapshotEntry, BaseBackupInfo)], wal: &WalInventory) -
     Window { from: backups.iter().map(|(_, i)| i.stopped).min(), to: wal.newest() }
 }
 
-fn timeline_fits(info: &BaseBackupInfo, timeline: Option<&str>) -> bool {
-    match timeline.and_then(|t| t.parse::<u32>().ok()) {
-        Some(n) => info.timeline <= n,
-        None => true,
+/// The timelines recovery follows to reach a target timeline, oldest
+/// first, each with the LSN where it begins: what the target timeline's
+/// history file says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct History {
+    pub target: u32,
+    /// (timeline, first LSN on it); the first begins at 0.
+    pub timelines: Vec<(u32, Lsn)>,
+}
+
+impl History {
+    /// Parses a `.history` file: lines `parentTLI<TAB>switchpoint<TAB>reason`.
+    pub fn parse(target: u32, text: &str) -> Result<History> {
+        let mut timelines = Vec::new();
+        let mut begin = Lsn(0);
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let mut f = line.split_whitespace();
+            let bad = || Error::Invalid(format!("{target:08X}.history: cannot read line '{line}'"));
+            let tli: u32 = f.next().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+            let switch: Lsn = f.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+            timelines.push((tli, begin));
+            begin = switch;
+        }
+        timelines.push((target, begin));
+        Ok(History { target, timelines })
+    }
+
+    fn first(target: u32) -> History {
+        History { target, timelines: vec![(target, Lsn(0))] }
+    }
+
+    /// Where timeline `tli` ends on the way to the target (`None`: it is
+    /// the target, or not on the way at all).
+    fn end_of(&self, tli: u32) -> Option<Lsn> {
+        let i = self.timelines.iter().position(|(t, _)| *t == tli)?;
+        self.timelines.get(i + 1).map(|(_, b)| *b)
+    }
+
+    fn contains(&self, tli: u32) -> bool {
+        self.timelines.iter().any(|(t, _)| *t == tli)
+    }
+
+    /// The timeline recovery reads segment `n` from: the newest whose
+    /// beginning is in or before it (PostgreSQL's `XLogFileReadAnyTLI`).
+    fn timeline_of(&self, n: u64, size: u64) -> u32 {
+        self.timelines.iter().filter(|(_, b)| b.0 / size <= n).map(|(t, _)| *t).max().unwrap_or(self.target)
+    }
+
+    /// Whether a base backup can start recovery towards this target: it
+    /// was taken on a timeline of this history before that timeline ended.
+    fn admits(&self, info: &BaseBackupInfo) -> bool {
+        self.contains(info.timeline) && self.end_of(info.timeline).is_none_or(|end| info.stop() <= end)
     }
 }
 
-/// Chooses the base backup to restore for `target`.
+/// Reads timeline `tli`'s history from the archive.
+fn load_history(repo: &Repository, tli: u32) -> Result<History> {
+    if tli <= 1 {
+        return Ok(History::first(tli.max(1)));
+    }
+    let name = format!("{tli:08X}.history");
+    match repo.archive_get(&name) {
+        Ok((_, bytes)) => History::parse(tli, &String::from_utf8_lossy(&bytes)),
+        Err(arkiv_repo::Error::NotFound { .. }) => Err(Error::Invalid(format!(
+            "timeline {tli} has no history file ({name}) in the archive, so recovery cannot follow it"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The timeline recovery will aim for, given `--timeline` and a backup.
+fn target_timeline(spec: Option<&str>, wal: &WalInventory, backup: &BaseBackupInfo) -> u32 {
+    match spec {
+        Some("current") => backup.timeline,
+        Some(n) if n.parse::<u32>().is_ok() => n.parse().unwrap(),
+        // `latest`, PostgreSQL's default: the newest timeline with a history file.
+        _ => wal.histories.iter().copied().chain([backup.timeline, 1]).max().unwrap_or(1),
+    }
+}
+
+/// Whether the WAL after the backup holds restore point `name`: its
+/// record carries the name as a NUL-padded string, searched for in each
+/// segment recovery would read after the backup ended.
+fn wal_has_restore_point(
+    repo: &Repository,
+    info: &BaseBackupInfo,
+    wal: &WalInventory,
+    hist: &History,
+    name: &str,
+    cache: &mut std::collections::HashMap<String, bool>,
+) -> Result<bool> {
+    let size = info.wal_segment_size;
+    let mut needle = name.as_bytes().to_vec();
+    needle.push(0);
+    let max = wal.all(size).iter().map(|s| s.number).max().unwrap_or(0);
+    for n in info.stop_segment().number..=max {
+        let seg = Segment { timeline: hist.timeline_of(n, size), number: n }.name(size);
+        if !wal.has(&seg) {
+            break;
+        }
+        let found = match cache.get(&seg) {
+            Some(f) => *f,
+            None => {
+                let object = if wal.segments.contains_key(&seg) { seg.clone() } else { format!("{seg}.partial") };
+                let (_, bytes) = repo.archive_get(&object)?;
+                let f = bytes.windows(needle.len()).any(|w| w == needle.as_slice());
+                cache.insert(seg.clone(), f);
+                f
+            }
+        };
+        if found {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Chooses the base backup to restore for `target`, and the timeline
+/// history recovery will follow from it.
 fn choose(
     repo: &Repository,
     backups: &[(SnapshotEntry, BaseBackupInfo)],
     wal: &WalInventory,
     opts: &PhysicalRestoreOptions,
-) -> Result<(SnapshotEntry, BaseBackupInfo)> {
+) -> Result<(SnapshotEntry, BaseBackupInfo, History)> {
     if backups.is_empty() {
         return Err(Error::Invalid(format!("{} holds no PostgreSQL base backup", repo.backend().location())));
     }
     let win = window(backups, wal);
+    let mut histories: std::collections::HashMap<u32, History> = std::collections::HashMap::new();
+    let mut history_for = |info: &BaseBackupInfo| -> Result<History> {
+        let t = target_timeline(opts.timeline.as_deref(), wal, info);
+        if let Some(h) = histories.get(&t) {
+            return Ok(h.clone());
+        }
+        let h = load_history(repo, t)?;
+        histories.insert(t, h.clone());
+        Ok(h)
+    };
     if let Some(spec) = opts.snapshot.as_deref().filter(|s| *s != "latest") {
         let id = repo.resolve_snapshot_id(spec)?;
-        let found = backups.iter().find(|(e, _)| e.id == id).cloned().ok_or_else(|| {
+        let (entry, info) = backups.iter().find(|(e, _)| e.id == id).cloned().ok_or_else(|| {
             Error::Invalid(format!("snapshot {spec} is not a PostgreSQL base backup (see `arkiv pg info`)"))
         })?;
         if let Target::Time(t) = &opts.target {
-            if t.with_timezone(&Utc) < found.1.stopped {
+            if t.with_timezone(&Utc) < info.stopped {
                 return Err(Error::Invalid(format!(
                     "{} is before base backup {} finished ({}): outside what it can recover (window {})",
                     opts.target.describe(),
-                    found.0.id.short(),
-                    found.1.stopped.to_rfc3339(),
+                    entry.id.short(),
+                    info.stopped.to_rfc3339(),
                     win.describe()
                 )));
             }
         }
-        return Ok(found);
+        let hist = history_for(&info)?;
+        if !hist.admits(&info) {
+            return Err(Error::Invalid(format!(
+                "base backup {} (timeline {}) is not on the way to timeline {}: choose another, or --timeline",
+                entry.id.short(),
+                info.timeline,
+                hist.target
+            )));
+        }
+        return Ok((entry, info, hist));
     }
-    let fits = |i: &BaseBackupInfo| timeline_fits(i, opts.timeline.as_deref());
-    let newest = || backups.iter().rev().find(|(_, i)| fits(i)).cloned();
-    let chosen = match &opts.target {
-        Target::Time(t) => {
-            let t = t.with_timezone(&Utc);
-            if win.from.is_some_and(|f| t < f) || win.to.is_some_and(|to| t > to) {
-                return Err(Error::Invalid(format!(
-                    "{} is outside the recoverable window ({})",
-                    opts.target.describe(),
-                    win.describe()
-                )));
-            }
-            backups.iter().rev().find(|(_, i)| fits(i) && i.stopped <= t).cloned()
+    if let Target::Time(t) = &opts.target {
+        let t = t.with_timezone(&Utc);
+        if win.from.is_some_and(|f| t < f) || win.to.is_some_and(|to| t > to) {
+            return Err(Error::Invalid(format!(
+                "{} is outside the recoverable window ({})",
+                opts.target.describe(),
+                win.describe()
+            )));
         }
-        Target::Lsn(l) => backups.iter().rev().find(|(_, i)| fits(i) && i.stop() <= *l).cloned().or_else(|| None),
-        Target::Xid(x) => backups.iter().rev().find(|(_, i)| fits(i) && i.next_xid.is_some_and(|n| n <= *x)).cloned(),
-        Target::End | Target::Immediate | Target::Name(_) => newest(),
-    };
-    chosen.ok_or_else(|| {
-        Error::Invalid(format!(
+    }
+    let mut scanned = std::collections::HashMap::new();
+    for (entry, info) in backups.iter().rev() {
+        let hist = history_for(info)?;
+        if !hist.admits(info) {
+            continue;
+        }
+        let fits = match &opts.target {
+            Target::Time(t) => info.stopped <= t.with_timezone(&Utc),
+            Target::Lsn(l) => info.stop() <= *l,
+            Target::Xid(x) => info.next_xid.is_some_and(|n| n <= *x),
+            // A restore point is found in the WAL after the backup.
+            Target::Name(n) => wal_has_restore_point(repo, info, wal, &hist, n, &mut scanned)?,
+            Target::End | Target::Immediate => true,
+        };
+        if fits {
+            return Ok((entry.clone(), info.clone(), hist));
+        }
+    }
+    Err(Error::Invalid(match &opts.target {
+        Target::Name(n) => {
+            format!("restore point '{n}' is not in the archived WAL after any base backup (window {})", win.describe())
+        }
+        t => format!(
             "no base backup ends before {}: it is outside the recoverable window ({})",
-            opts.target.describe(),
+            t.describe(),
             win.describe()
-        ))
-    })
+        ),
+    }))
 }
 
-/// Checks that the WAL from the backup's start to where recovery must go
-/// is all archived; returns the first and last segment names needed.
-fn check_wal(info: &BaseBackupInfo, wal: &WalInventory, target: &Target) -> Result<(String, String)> {
+/// Checks that every WAL segment recovery reads, from the backup's start
+/// to where it must go, is archived on the timeline recovery reads it
+/// from; returns the first and last segment names needed.
+fn check_wal(info: &BaseBackupInfo, wal: &WalInventory, target: &Target, hist: &History) -> Result<(String, String)> {
     let size = info.wal_segment_size;
-    let segs: Vec<Segment> = wal.all(size).into_iter().filter(|s| s.timeline >= info.timeline).collect();
     let start = info.start_segment();
     let stop = info.stop_segment();
+    let on_path = |s: &Segment| s.timeline == hist.timeline_of(s.number, size);
+    let segs: Vec<Segment> = wal.all(size).into_iter().filter(|s| s.number >= start.number && on_path(s)).collect();
     let max = segs.iter().map(|s| s.number).max().unwrap_or(0);
     let end = match target {
         Target::Immediate => stop.number,
@@ -748,28 +893,23 @@ fn check_wal(info: &BaseBackupInfo, wal: &WalInventory, target: &Target) -> Resu
         }
         Target::End | Target::Xid(_) | Target::Name(_) => max.max(stop.number),
     };
-    let mut last_tli = info.timeline;
+    let name = |n: u64| Segment { timeline: hist.timeline_of(n, size), number: n }.name(size);
     for n in start.number..=end {
-        match segs.iter().filter(|s| s.number == n).map(|s| s.timeline).min() {
-            Some(t) => last_tli = last_tli.max(t),
-            None => {
-                let name = Segment { timeline: last_tli, number: n }.name(size);
-                let reach = if n > stop.number {
-                    format!(
-                        "recovery could only reach segment {}",
-                        Segment { timeline: last_tli, number: n - 1 }.name(size)
-                    )
-                } else {
-                    "the base backup itself cannot be made consistent".to_string()
-                };
-                return Err(Error::Invalid(format!(
-                    "WAL segment {name} is missing from the archive: {reach} (needed for {})",
-                    target.describe()
-                )));
-            }
+        if !wal.has(&name(n)) {
+            let reach = if n > stop.number {
+                format!("recovery could only reach segment {}", name(n - 1))
+            } else {
+                "the base backup itself cannot be made consistent".to_string()
+            };
+            return Err(Error::Invalid(format!(
+                "WAL segment {} is missing from the archive: {reach} (needed for {}{})",
+                name(n),
+                target.describe(),
+                if hist.target > 1 { format!(" on timeline {}", hist.target) } else { String::new() }
+            )));
         }
     }
-    Ok((start.name(size), Segment { timeline: last_tli, number: end }.name(size)))
+    Ok((start.name(size), name(end)))
 }
 
 /// The major version of the `postgres` that will run the restore, when
@@ -829,8 +969,8 @@ pub fn restore(
     }
     let backups = base_backups(repo)?;
     let wal = WalInventory::load(repo)?;
-    let (entry, info) = choose(repo, &backups, &wal, opts)?;
-    let (from, to) = check_wal(&info, &wal, &opts.target)?;
+    let (entry, info, hist) = choose(repo, &backups, &wal, opts)?;
+    let (from, to) = check_wal(&info, &wal, &opts.target, &hist)?;
 
     let backup_major = major_of(info.server_version_num);
     let version_note = match server_binary_version(opts.pg_bin.as_deref())? {
@@ -1135,6 +1275,23 @@ mod tests {
         assert_eq!(a, c);
         assert_eq!(parse_time("2026-11-22 10:00:00.5").unwrap(), a);
         assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn history_files_say_which_timeline_each_segment_comes_from() {
+        let h = History::parse(3, "1\t0/5000000\tno recovery target specified\n\n2\t0/9000000\tbefore 2026-11-22\n")
+            .unwrap();
+        assert_eq!(
+            h.timelines,
+            vec![(1, Lsn(0)), (2, "0/5000000".parse().unwrap()), (3, "0/9000000".parse().unwrap())]
+        );
+        let size = DEFAULT_SEGMENT_SIZE;
+        assert_eq!(h.timeline_of(4, size), 1);
+        assert_eq!(h.timeline_of(5, size), 2, "the switch segment is read from the new timeline");
+        assert_eq!(h.timeline_of(12, size), 3);
+        assert_eq!(h.end_of(1), Some("0/5000000".parse().unwrap()));
+        assert_eq!(h.end_of(3), None);
+        assert!(History::parse(2, "x y").is_err());
     }
 
     #[test]

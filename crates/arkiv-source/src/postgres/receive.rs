@@ -43,7 +43,7 @@ pub struct ReceiveOptions {
 }
 
 fn io(path: &Path, e: std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), source: e }
+    Error::Io { path: path.display().to_string(), cause: e }
 }
 
 fn program(opts: &ReceiveOptions) -> PathBuf {

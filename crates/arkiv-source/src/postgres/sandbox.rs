@@ -196,7 +196,7 @@ impl ClusterSandbox {
         let dir_str = dir.to_str().filter(|d| !d.contains(['\'', ' '])).ok_or_else(|| {
             Error::Invalid(format!("{}: the temporary directory's path must be plain for pg_ctl", dir.display()))
         })?;
-        std::fs::create_dir(&dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?;
+        std::fs::create_dir(&dir).map_err(|e| Error::Io { path: dir.display().to_string(), cause: e })?;
         self.dir = Some(dir.clone());
         if as_postgres {
             // PostgreSQL refuses to run as root; the cluster runs as the
@@ -221,7 +221,7 @@ impl ClusterSandbox {
         )?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .map_err(|e| Error::Io { path: "a free port on 127.0.0.1".into(), source: e })?
+            .map_err(|e| Error::Io { path: "a free port on 127.0.0.1".into(), cause: e })?
             .port();
         let log = dir.join("server.log");
         let options = format!("-p {port} -k '{dir_str}' -c listen_addresses=127.0.0.1 -c fsync=off");
@@ -328,7 +328,7 @@ impl Sandbox for ClusterSandbox {
             )));
         }
         if let Some(d) = self.dir.take() {
-            std::fs::remove_dir_all(&d).map_err(|e| Error::Io { path: d.display().to_string(), source: e })?;
+            std::fs::remove_dir_all(&d).map_err(|e| Error::Io { path: d.display().to_string(), cause: e })?;
         }
         Ok(())
     }
@@ -382,7 +382,7 @@ fn postgres_user() -> Result<(u32, u32)> {
 
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<()> {
     std::os::unix::fs::chown(path, Some(uid), Some(gid))
-        .map_err(|e| Error::Io { path: path.display().to_string(), source: e })
+        .map_err(|e| Error::Io { path: path.display().to_string(), cause: e })
 }
 
 /// Runs a server program (as `postgres` via `runuser` when Arkiv runs as
@@ -401,7 +401,7 @@ fn run_server_tool(as_postgres: bool, dir: &Path, program: &Path, args: &[&str])
         std::io::ErrorKind::NotFound => {
             Error::ToolMissing { program: if as_postgres { "runuser".into() } else { name.clone() } }
         }
-        _ => Error::Io { path: name.clone(), source: e },
+        _ => Error::Io { path: name.clone(), cause: e },
     })?;
     if out.status.success() {
         return Ok(());

@@ -34,7 +34,7 @@ use super::wal::{self, WalFile};
 use crate::error::{Error, Result};
 
 fn io(path: &Path, e: std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), source: e }
+    Error::Io { path: path.display().to_string(), cause: e }
 }
 
 /// The spool's layout.
@@ -204,7 +204,7 @@ pub fn run_pusher(repo: &Repository, spool: &Spool, pg_wal: &Path, parallel: usi
                 }
                 // Gone from pg_wal: PostgreSQL archived it another way
                 // (or it was removed); nothing left to do.
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(Error::Io { cause: source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
                     failed = true;
                     tracing::warn!("{name}: {e}");

@@ -155,7 +155,7 @@ pub enum Pushed {
 }
 
 fn io(path: &Path, e: std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), source: e }
+    Error::Io { path: path.display().to_string(), cause: e }
 }
 
 /// Archives the WAL file at `path` (`archive_command`'s `%p`).

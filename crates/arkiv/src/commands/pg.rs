@@ -88,7 +88,7 @@ fn wal_push_async(g: &Global, a: &WalPushArgs, dir: &Path) -> Result<ExitCode> {
         let exe = std::env::current_exe().map_err(|e| arkiv_source::Error::Invalid(format!("finding arkiv: {e}")))?;
         let log =
             std::fs::File::options().create(true).append(true).open(spool.dir.join("archiver.log")).map_err(|e| {
-                arkiv_source::Error::Io { path: spool.dir.join("archiver.log").display().to_string(), source: e }
+                arkiv_source::Error::Io { path: spool.dir.join("archiver.log").display().to_string(), cause: e }
             })?;
         let mut c = std::process::Command::new(exe);
         c.args(repository_args(g))
