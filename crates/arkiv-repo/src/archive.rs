@@ -8,11 +8,13 @@
 //! sealed object makes fetching one GET and expiring one DELETE, and keeps
 //! thousands of segments out of the index that every backup loads.
 //!
-//! An object is an envelope of kind `Archived` whose payload is a 4-byte
-//! little-endian header length, the header ([`ArchivedMeta`] as JSON) and
-//! the file's bytes. The header carries the file's BLAKE3 hash, so a second
-//! upload under the same name can be compared with the first without
-//! trusting the name.
+//! An object is an envelope of kind `Archived` whose payload is the file's
+//! bytes, then a header ([`ArchivedMeta`] as JSON), then the header's
+//! length as 4 little-endian bytes. The header comes last so that a file
+//! read into memory becomes the payload by appending to it: a 16 MiB WAL
+//! segment is never copied before it is compressed. The header carries the
+//! file's BLAKE3 hash, so a second upload under the same name can be
+//! compared with the first without trusting the name.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -80,27 +82,20 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
-/// The payload of an archive object: header length, header, content.
-fn encode(meta: &ArchivedMeta, content: &[u8]) -> Vec<u8> {
-    let header = serde_json::to_vec(meta).expect("archive headers serialise");
-    let mut out = Vec::with_capacity(4 + header.len() + content.len());
-    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(content);
-    out
-}
-
+/// Splits a payload into header and content (the content stays in place).
 fn decode(object: &str, mut payload: Vec<u8>) -> Result<(ArchivedMeta, Vec<u8>)> {
     let bad = |why: &str| Error::corrupt(object, why.to_string());
-    if payload.len() < 4 {
+    let total = payload.len();
+    if total < 4 {
         return Err(bad("shorter than its header"));
     }
-    let n = u32::from_le_bytes(payload[..4].try_into().unwrap()) as usize;
-    if payload.len() < 4 + n {
-        return Err(bad("header runs past the end"));
+    let n = u32::from_le_bytes(payload[total - 4..].try_into().unwrap()) as usize;
+    if total < 4 + n {
+        return Err(bad("header runs past the start"));
     }
-    let meta: ArchivedMeta = serde_json::from_slice(&payload[4..4 + n]).map_err(|e| bad(&e.to_string()))?;
-    payload.drain(..4 + n);
+    let meta: ArchivedMeta =
+        serde_json::from_slice(&payload[total - 4 - n..total - 4]).map_err(|e| bad(&e.to_string()))?;
+    payload.truncate(total - 4 - n);
     if payload.len() as u64 != meta.size {
         return Err(bad(&format!("holds {} bytes where its header says {}", payload.len(), meta.size)));
     }
@@ -111,13 +106,17 @@ fn decode(object: &str, mut payload: Vec<u8>) -> Result<(ArchivedMeta, Vec<u8>)>
 }
 
 impl Repository {
-    /// Stores `content` under `meta.name`, replacing what was there.
-    /// Callers that must not replace check [`Repository::archive_get`]
-    /// first; the write itself is atomic on every backend.
-    pub fn archive_put(&self, meta: &ArchivedMeta, content: &[u8]) -> Result<()> {
+    /// Stores `content` under `meta.name`, compressed at zstd `level`,
+    /// replacing what was there. Callers that must not replace check
+    /// [`Repository::archive_get`] first; the write itself is atomic on
+    /// every backend.
+    pub fn archive_put(&self, meta: &ArchivedMeta, content: Vec<u8>, level: i32) -> Result<()> {
         check_name(&meta.name)?;
-        let level = self.config().compression;
-        let sealed = envelope::seal(self.key(), EnvelopeKind::Archived, &encode(meta, content), level);
+        let mut payload = content;
+        let header = serde_json::to_vec(meta).expect("archive headers serialise");
+        payload.extend_from_slice(&header);
+        payload.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        let sealed = envelope::seal(self.key(), EnvelopeKind::Archived, &payload, level);
         self.backend().write(FileKind::Archive, &meta.name, sealed)
     }
 
@@ -176,7 +175,7 @@ mod tests {
         let r = repo(dir.path());
         let seg = vec![7u8; 1 << 20];
         for name in ["000000010000000000000002", "000000010000000000000001", "00000002.history"] {
-            r.archive_put(&ArchivedMeta::new(name, &seg), &seg).unwrap();
+            r.archive_put(&ArchivedMeta::new(name, &seg), seg.clone(), 3).unwrap();
         }
         let (meta, got) = r.archive_get("000000010000000000000001").unwrap();
         assert_eq!(got, seg);
@@ -193,7 +192,7 @@ mod tests {
     fn a_moved_or_damaged_object_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let r = repo(dir.path());
-        r.archive_put(&ArchivedMeta::new("000000010000000000000001", b"one"), b"one").unwrap();
+        r.archive_put(&ArchivedMeta::new("000000010000000000000001", b"one"), b"one".to_vec(), 3).unwrap();
         let from = dir.path().join("archive/0000000100000000/000000010000000000000001");
         let to = dir.path().join("archive/0000000100000000/000000010000000000000003");
         std::fs::copy(&from, &to).unwrap();
@@ -205,6 +204,6 @@ mod tests {
         std::fs::write(&from, bytes).unwrap();
         let e = r.archive_get("000000010000000000000001").unwrap_err().to_string();
         assert!(e.contains("authentication failed"), "{e}");
-        assert!(r.archive_put(&ArchivedMeta::new("../x", b""), b"").is_err());
+        assert!(r.archive_put(&ArchivedMeta::new("../x", b""), Vec::new(), 3).is_err());
     }
 }

@@ -254,9 +254,18 @@ impl Cluster {
 
     /// A new cluster from `initdb`, not started.
     fn initdb() -> Cluster {
+        Cluster::initdb_with(&[])
+    }
+
+    /// A new cluster from `initdb` with extra options, not started.
+    fn initdb_with(extra: &[&str]) -> Cluster {
         let c = Cluster::home();
         let mut cmd = as_postgres(Path::new(PG_BIN).join("initdb"));
-        cmd.current_dir(c.home.path()).args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"]).arg(&c.data);
+        cmd.current_dir(c.home.path())
+            .args(["-A", "trust", "-U", "postgres", "--no-sync"])
+            .args(extra)
+            .arg("-D")
+            .arg(&c.data);
         let o = output(cmd);
         assert!(o.status.success(), "initdb: {}", text(&o));
         c
@@ -264,7 +273,14 @@ impl Cluster {
 
     /// A new cluster archiving its WAL into `repo`, started.
     fn archiving(repo: &Repo) -> Cluster {
-        let mut c = Cluster::initdb();
+        Cluster::archiving_with(repo, &repo.archive_command(), &[])
+    }
+
+    /// A new cluster (initdb with `initdb_extra`) whose archive_command is
+    /// `command`, started.
+    fn archiving_with(repo: &Repo, command: &str, initdb_extra: &[&str]) -> Cluster {
+        let _ = repo;
+        let mut c = Cluster::initdb_with(initdb_extra);
         c.append_conf(&format!(
             "wal_level = replica\n\
              archive_mode = on\n\
@@ -275,7 +291,7 @@ impl Cluster {
              unix_socket_directories = '{}'\n\
              port = {}\n\
              listen_addresses = ''\n",
-            repo.archive_command(),
+            command,
             path_str(c.sock()),
             c.port
         ));
@@ -1123,4 +1139,136 @@ fn expire_keeps_the_last_backups_and_the_wal_they_need() {
     let (c, o) = repo.restore_and_start(&[], false);
     c.wait_recovered();
     assert_eq!(c.ids(), range(1, 40), "{}", text(&o));
+}
+
+// ---- asynchronous archiving, streaming and page checksums ----
+
+#[test]
+fn asynchronous_archiving_pushes_every_segment_through_the_spool() {
+    let repo = Repo::new();
+    let spool_home = tempfile::Builder::new().prefix("arkiv-spool-").tempdir().unwrap();
+    chown_postgres(spool_home.path());
+    let spool = spool_home.path().join("spool");
+    let command =
+        format!("{} --spool {} --parallel 3 %p", repo.archive_command().trim_end_matches(" %p"), path_str(&spool));
+    let mut c = Cluster::archiving_with(&repo, &command, &[]);
+    c.psql("create table t(id int primary key)");
+    let b = repo.backup(&c, &[]);
+    assert!(b["id"].is_string());
+    for i in 0..6 {
+        c.psql(&format!("insert into t select g from generate_series({}, {}) g", i * 1000 + 1, i * 1000 + 1000));
+        c.psql("select pg_switch_wal()");
+    }
+    c.switch_wal_and_wait();
+    let status: Value = serde_json::from_slice(&fs::read(spool.join("status.json")).unwrap()).unwrap();
+    assert!(status["pushed_total"].as_u64().unwrap() >= 7, "{status}");
+    assert_eq!(status["waiting"], 0, "{status}");
+    assert!(status["last_error"].is_null(), "{status}");
+    assert!(repo.segments(1).len() >= 8, "{:?}", repo.segments(1));
+    c.stop();
+    let (r, _) = repo.restore_and_start(&[], false);
+    assert_eq!(r.wait_recovered(), "promoted");
+    assert_eq!(r.ids(), range(1, 6000));
+}
+
+#[test]
+fn streamed_wal_recovers_rows_whose_segment_was_never_archived() {
+    let repo = Repo::new();
+    let c = Cluster::archiving(&repo);
+    c.psql("create table t(id int primary key)");
+    c.psql("insert into t select g from generate_series(1, 100) g");
+    repo.backup(&c, &[]);
+    let recv = tempfile::Builder::new().prefix("arkiv-receive-").tempdir().unwrap();
+    let dir = recv.path().join("wal");
+    let mut cmd = bare_command();
+    cmd.arg("--repo")
+        .arg(repo.path())
+        .arg("--password-file")
+        .arg(&repo.password_file)
+        .args(["pg", "receive", "--dir"])
+        .arg(&dir)
+        .arg("--host")
+        .arg(c.sock())
+        .args(["--port", &c.port.to_string(), "--user", "postgres", "--slot", "arkiv_test", "--create-slot"])
+        .args(["--interval-ms", "200", "--pg-bin", PG_BIN])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("arkiv pg receive");
+    // The tail: committed after the last archived segment, never switched.
+    c.psql("insert into t values (101), (102)");
+    let lsn = c.psql("select pg_current_wal_lsn()");
+    let streamed = poll(Duration::from_secs(30), || {
+        let flushed = c.psql(
+            "select coalesce(flush_lsn::text, '0/0') from pg_stat_replication where application_name = 'pg_receivewal'",
+        );
+        let partial = repo.archived().iter().any(|(n, _)| n.ends_with(".partial"));
+        (partial && !flushed.is_empty() && c.psql(&format!("select '{flushed}'::pg_lsn >= '{lsn}'::pg_lsn")) == "t")
+            .then_some(())
+    });
+    // Let one more interval store the partial with the tail in it.
+    std::thread::sleep(Duration::from_millis(800));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    use std::io::Read;
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(streamed.is_some(), "the streamer did not store the tail; its stderr:\n{err}");
+    assert!(status.success(), "pg receive exited {status}: {err}");
+    // pg_receivewal dies with its supervisor (it may take a moment to exit).
+    let gone = poll(Duration::from_secs(10), || {
+        let running = fs::read_dir("/proc").unwrap().flatten().any(|p| {
+            let cmd = fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            cmd.contains("pg_receivewal") && cmd.contains(path_str(&dir))
+        });
+        (!running).then_some(())
+    });
+    assert!(gone.is_some(), "pg_receivewal outlived its supervisor");
+    let (r, _) = repo.restore_and_start(&[], false);
+    assert_eq!(r.wait_recovered(), "promoted");
+    assert_eq!(r.ids(), range(1, 102), "the streamed tail is recovered");
+    c.psql("select pg_drop_replication_slot('arkiv_test')");
+}
+
+#[test]
+fn page_checksum_failures_are_found_while_reading() {
+    let repo = Repo::new();
+    let mut c = Cluster::archiving_with(&repo, &repo.archive_command(), &["--data-checksums"]);
+    c.psql("create table t(id int primary key, v text)");
+    c.psql("insert into t select g, repeat('x', 100) from generate_series(1, 5000) g");
+    c.psql("checkpoint");
+    let first = repo.backup(&c, &[]);
+    assert!(first["pages_checked"].as_u64().unwrap() > 100, "{first}");
+    assert_eq!(first["checksum_failures"].as_array().map(Vec::len), Some(0), "{first}");
+    let file = c.data.join(c.psql("select pg_relation_filepath('t')"));
+    c.stop();
+    // One byte in the middle of block 2, as a failing disk would leave it.
+    let mut bytes = fs::read(&file).unwrap();
+    bytes[2 * 8192 + 4000] ^= 0x40;
+    fs::write(&file, bytes).unwrap();
+    c.start(true);
+    let port = c.port.to_string();
+    let o = repo.run(&[
+        "--json",
+        "pg",
+        "backup",
+        "--pgdata",
+        path_str(&c.data),
+        "--host",
+        path_str(c.sock()),
+        "--port",
+        &port,
+        "--full",
+    ]);
+    assert_code(&o, 3, "pg backup of a damaged cluster");
+    let v = parse_json(&o);
+    let fails = v["checksum_failures"].as_array().unwrap();
+    assert_eq!(fails.len(), 1, "{v}");
+    assert_eq!(fails[0]["block"], 2, "{v}");
+    assert!(fails[0]["path"].as_str().unwrap().ends_with(file.file_name().unwrap().to_str().unwrap()), "{v}");
+    assert!(stderr(&o).contains("block 2"), "{}", stderr(&o));
+    // The damaged backup is kept (it is a faithful copy); turning the check off passes.
+    let v = repo.backup(&c, &["--no-verify-checksums"]);
+    assert!(v["pages_checked"].is_null(), "{v}");
 }

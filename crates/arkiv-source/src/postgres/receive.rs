@@ -97,7 +97,7 @@ pub fn store_received(repo: &Repository, dir: &Path, last_partial: &mut Option<(
         let path = dir.join(&name);
         match WalFile::parse(&name) {
             Some(WalFile::Segment(_)) | Some(WalFile::History(_)) => {
-                wal::push(repo, &path)?;
+                wal::push(repo, &path, wal::WAL_COMPRESSION)?;
                 // The whole segment supersedes its partial copy; an
                 // append-only key cannot delete, which costs only space.
                 if name.len() == 24 && repo.archive_exists(&format!("{name}.partial")).unwrap_or(false) {
@@ -112,7 +112,7 @@ pub fn store_received(repo: &Repository, dir: &Path, last_partial: &mut Option<(
                 if last_partial.as_ref().is_some_and(|(n, h)| *n == name && *h == hash) {
                     continue;
                 }
-                wal::push(repo, &path)?;
+                wal::push(repo, &path, wal::WAL_COMPRESSION)?;
                 *last_partial = Some((name, hash));
                 stored += 1;
             }

@@ -143,7 +143,14 @@ fn ready(pg_wal: &Path) -> Result<Vec<String>> {
 }
 
 /// Runs the pusher until nothing has been ready for `idle_exit`.
-pub fn run_pusher(repo: &Repository, spool: &Spool, pg_wal: &Path, parallel: usize, idle_exit: Duration) -> Result<()> {
+pub fn run_pusher(
+    repo: &Repository,
+    spool: &Spool,
+    pg_wal: &Path,
+    parallel: usize,
+    level: i32,
+    idle_exit: Duration,
+) -> Result<()> {
     let Some(_lock) = spool.lock()? else {
         return Ok(());
     };
@@ -187,8 +194,9 @@ pub fn run_pusher(repo: &Repository, spool: &Spool, pg_wal: &Path, parallel: usi
         } else {
             names.into_iter().take(parallel.max(1) * 4).collect()
         };
-        let results: Vec<(String, Result<()>)> = pool
-            .install(|| batch.par_iter().map(|n| (n.clone(), wal::push(repo, &pg_wal.join(n)).map(|_| ()))).collect());
+        let results: Vec<(String, Result<()>)> = pool.install(|| {
+            batch.par_iter().map(|n| (n.clone(), wal::push(repo, &pg_wal.join(n), level).map(|_| ()))).collect()
+        });
         let mut failed = false;
         let mut done: BTreeSet<String> = BTreeSet::new();
         for (name, r) in results {

@@ -23,6 +23,12 @@ use crate::error::{Error, Result};
 /// which is why a segment's own header is read when the size matters.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
 
+/// zstd level for archived WAL unless told otherwise. Archiving speed
+/// bounds how far the archive trails the server, and on WAL full of page
+/// images level 3 costs twice level 1's CPU for a few percent of size
+/// (measured in docs/benchmarks.md §8).
+pub const WAL_COMPRESSION: i32 = 1;
+
 /// A position in the WAL, written `X/Y` (high and low 32 bits in hex).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Lsn(pub u64);
@@ -166,7 +172,7 @@ fn io(path: &Path, e: std::io::Error) -> Error {
 /// repository or one was restored and promoted without a new timeline.
 /// Partial segments are the exception: a streamer re-sends a growing
 /// partial segment under the same name, and the longer copy wins.
-pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
+pub fn push(repo: &Repository, path: &Path, level: i32) -> Result<Pushed> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -205,7 +211,7 @@ pub fn push(repo: &Repository, path: &Path) -> Result<Pushed> {
         Err(arkiv_repo::Error::NotFound { .. }) => {}
         Err(e) => return Err(e.into()),
     }
-    repo.archive_put(&meta, &content)?;
+    repo.archive_put(&meta, content, level)?;
     Ok(Pushed::Stored)
 }
 

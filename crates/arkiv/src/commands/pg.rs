@@ -44,7 +44,7 @@ fn wal_push(g: &Global, a: WalPushArgs) -> Result<ExitCode> {
         return wal_push_async(g, &a, dir);
     }
     let repo = crate::context::open(g)?;
-    let how = wal::push(&repo, &a.path)?;
+    let how = wal::push(&repo, &a.path, a.compression)?;
     let name = a.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     if g.json {
         output::json(&serde_json::json!({ "name": name, "already_stored": how == Pushed::AlreadyStored }));
@@ -96,7 +96,7 @@ fn wal_push_async(g: &Global, a: &WalPushArgs, dir: &Path) -> Result<ExitCode> {
             .arg(&spool.dir)
             .arg("--pg-wal")
             .arg(&pg_wal)
-            .args(["--parallel", &a.parallel.to_string()])
+            .args(["--parallel", &a.parallel.to_string(), "--compression", &a.compression.to_string()])
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().map_err(|e| arkiv_source::Error::Invalid(e.to_string()))?)
             .stderr(log);
@@ -128,7 +128,7 @@ fn archiver(g: &Global, a: ArchiverArgs) -> Result<ExitCode> {
     let repo = crate::context::open(g)?;
     let spool = Spool::new(&a.spool)?;
     let idle = if a.idle_exit == 0 { std::time::Duration::MAX } else { std::time::Duration::from_secs(a.idle_exit) };
-    arkiv_source::postgres::spool::run_pusher(&repo, &spool, &a.pg_wal, a.parallel, idle)?;
+    arkiv_source::postgres::spool::run_pusher(&repo, &spool, &a.pg_wal, a.parallel, a.compression, idle)?;
     Ok(ExitCode::SUCCESS)
 }
 
