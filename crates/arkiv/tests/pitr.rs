@@ -1272,3 +1272,41 @@ fn page_checksum_failures_are_found_while_reading() {
     let v = repo.backup(&c, &["--no-verify-checksums"]);
     assert!(v["pages_checked"].is_null(), "{v}");
 }
+
+#[test]
+fn a_tablespace_is_backed_up_and_restored_to_a_new_location() {
+    let repo = Repo::new();
+    let mut c = Cluster::archiving(&repo);
+    let places = tempfile::Builder::new().prefix("arkiv-tblspc-").tempdir().unwrap();
+    chown_postgres(places.path());
+    let original = places.path().join("original");
+    fs::create_dir(&original).unwrap();
+    chown_postgres(&original);
+    c.psql(&format!("create tablespace fast location '{}'", path_str(&original)));
+    c.psql("create table t(id int primary key) tablespace fast");
+    c.psql("insert into t select g from generate_series(1, 500) g");
+    repo.backup(&c, &[]);
+    c.psql("insert into t select g from generate_series(501, 600) g");
+    c.switch_wal_and_wait();
+    // The original location is in use: restoring there is refused.
+    let d = tempfile::Builder::new().prefix("arkiv-pitr-refused-").tempdir().unwrap();
+    let o = repo.restore(&d.path().join("data"), &[]);
+    assert_code(&o, 1, "pg restore onto a tablespace location in use");
+    assert!(stderr(&o).contains("tablespace fast") && stderr(&o).contains("not empty"), "{}", stderr(&o));
+    c.stop();
+    let moved = places.path().join("moved");
+    let (r, _) = repo.restore_and_start(&["--tablespace", &format!("fast={}", path_str(&moved))], false);
+    assert_eq!(r.wait_recovered(), "promoted");
+    assert_eq!(r.ids(), range(1, 600));
+    let link =
+        fs::read_link(r.data.join("pg_tblspc").join(r.psql("select oid from pg_tablespace where spcname = 'fast'")))
+            .unwrap();
+    assert_eq!(link, moved);
+    use std::os::unix::fs::MetadataExt;
+    let pg_version = fs::metadata(r.data.join("PG_VERSION")).unwrap();
+    assert_eq!(fs::metadata(&moved).unwrap().uid(), pg_version.uid(), "the location is the server's, like PGDATA");
+    assert_eq!(
+        r.psql("select pg_tablespace_location(oid) from pg_tablespace where spcname = 'fast'"),
+        path_str(&moved)
+    );
+}

@@ -1020,6 +1020,7 @@ pub fn restore(
         ..Default::default()
     };
     let mut out = crate::files::restore(indexed, &root, &base, progress)?;
+    let owner = fs::metadata(opts.pgdata.join("PG_VERSION")).map_err(|e| io(&opts.pgdata, e))?;
     for (oid, to) in &locations {
         let sub = indexed.find_subtree(&root, &format!("pg_tblspc/{oid}"))?;
         let o = crate::files::restore(
@@ -1030,6 +1031,8 @@ pub fn restore(
         )?;
         out.files += o.files;
         out.bytes += o.bytes;
+        chown(to, &owner)?;
+        fs::set_permissions(to, fs::Permissions::from_mode(0o700)).map_err(|e| io(to, e))?;
         let link = opts.pgdata.join("pg_tblspc").join(oid.to_string());
         std::os::unix::fs::symlink(to, &link).map_err(|e| io(&link, e))?;
     }
@@ -1053,7 +1056,6 @@ pub fn restore(
             opts.pgdata.display()
         )));
     }
-    let owner = fs::metadata(opts.pgdata.join("PG_VERSION")).map_err(|e| io(&opts.pgdata, e))?;
 
     // A pg_wal that was a link must not lead back to the original
     // cluster's WAL: the restored server gets its own, empty.
