@@ -24,8 +24,27 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use common::{assert_code, bare_command, describe, parse_json, stderr, Scratch};
 use serde_json::Value;
 
-/// Where the PostgreSQL 15 server programs are.
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The newest PostgreSQL server programs installed, in Debian's layout
+/// (`/usr/lib/postgresql/<major>/bin`), and their major version.
+fn pg_installed() -> &'static (String, u32) {
+    static FOUND: std::sync::OnceLock<(String, u32)> = std::sync::OnceLock::new();
+    FOUND.get_or_init(|| {
+        fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server programs in /usr/lib/postgresql (.ci/run installs them)")
+            .flatten()
+            .filter_map(|e| {
+                let major: u32 = e.file_name().to_str()?.parse().ok()?;
+                let bin = e.path().join("bin");
+                bin.join("initdb").exists().then(|| (bin.display().to_string(), major))
+            })
+            .max_by_key(|(_, m)| *m)
+            .expect("no /usr/lib/postgresql/<major>/bin/initdb")
+    })
+}
+
+fn pg_bin() -> &'static str {
+    &pg_installed().0
+}
 
 // ---- processes ----
 
@@ -260,7 +279,7 @@ impl Cluster {
     /// A new cluster from `initdb` with extra options, not started.
     fn initdb_with(extra: &[&str]) -> Cluster {
         let c = Cluster::home();
-        let mut cmd = as_postgres(Path::new(PG_BIN).join("initdb"));
+        let mut cmd = as_postgres(Path::new(pg_bin()).join("initdb"));
         cmd.current_dir(c.home.path())
             .args(["-A", "trust", "-U", "postgres", "--no-sync"])
             .args(extra)
@@ -330,7 +349,7 @@ impl Cluster {
         if !archiving {
             opts.push_str(" -c archive_mode=off");
         }
-        let mut cmd = as_postgres(Path::new(PG_BIN).join("pg_ctl"));
+        let mut cmd = as_postgres(Path::new(pg_bin()).join("pg_ctl"));
         cmd.current_dir(self.home.path())
             .arg("-D")
             .arg(&self.data)
@@ -349,7 +368,7 @@ impl Cluster {
 
     fn stop(&mut self) {
         if self.running {
-            let mut cmd = as_postgres(Path::new(PG_BIN).join("pg_ctl"));
+            let mut cmd = as_postgres(Path::new(pg_bin()).join("pg_ctl"));
             cmd.current_dir(self.home.path()).arg("-D").arg(&self.data).args(["-m", "immediate", "-w", "stop"]);
             let _ = cmd.output();
             self.running = false;
@@ -1038,14 +1057,18 @@ fn a_restore_for_another_major_version_is_refused() {
     let fake = repo.s.join("pg16");
     fs::create_dir_all(&fake).unwrap();
     let postgres = fake.join("postgres");
-    fs::write(&postgres, "#!/bin/sh\necho 'postgres (PostgreSQL) 16.4'\n").unwrap();
+    let (major, other) = (pg_installed().1, pg_installed().1 + 1);
+    fs::write(&postgres, format!("#!/bin/sh\necho 'postgres (PostgreSQL) {other}.4'\n")).unwrap();
     set_mode(&postgres, 0o755);
 
     let home = Cluster::home();
     let o = repo.restore(&home.data, &["--pg-bin", path_str(&fake)]);
     assert_code(&o, 1, "pg restore --pg-bin (PostgreSQL 16)");
     let e = stderr(&o);
-    assert!(e.contains("15") && e.contains("16"), "the error should name both versions: {e}");
+    assert!(
+        e.contains(&format!("PostgreSQL {major}")) && e.contains(&format!("PostgreSQL {other}")),
+        "the error should name both versions: {e}"
+    );
     assert!(
         !home.data.exists() || fs::read_dir(&home.data).unwrap().next().is_none(),
         "a refused restore wrote into {}",
@@ -1053,7 +1076,7 @@ fn a_restore_for_another_major_version_is_refused() {
     );
 
     // The right version's programs are fine.
-    let (c, o) = repo.restore_and_start(&["--pg-bin", PG_BIN], false);
+    let (c, o) = repo.restore_and_start(&["--pg-bin", pg_bin()], false);
     c.wait_recovered();
     assert_eq!(c.ids(), range(1, 10), "{}", text(&o));
 }
@@ -1190,7 +1213,7 @@ fn streamed_wal_recovers_rows_whose_segment_was_never_archived() {
         .arg("--host")
         .arg(c.sock())
         .args(["--port", &c.port.to_string(), "--user", "postgres", "--slot", "arkiv_test", "--create-slot"])
-        .args(["--interval-ms", "200", "--pg-bin", PG_BIN])
+        .args(["--interval-ms", "200", "--pg-bin", pg_bin()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("arkiv pg receive");
