@@ -516,12 +516,19 @@ fn wait_for_wal(repo: &Repository, info: &BaseBackupInfo, timeout: Duration) -> 
     let size = info.wal_segment_size;
     let (first, last) = (info.start_segment(), info.stop_segment());
     let deadline = Instant::now() + timeout;
+    // One existence check per segment still missing, not a listing of the
+    // whole archive each time: on object storage that can be thousands
+    // of objects, and segments arrive in order.
+    let mut names = (first.number..=last.number).map(|n| Segment { timeline: info.timeline, number: n }.name(size));
+    let mut waiting = names.next();
     loop {
-        let inv = WalInventory::load(repo)?;
-        let missing = (first.number..=last.number)
-            .map(|n| Segment { timeline: info.timeline, number: n }.name(size))
-            .find(|name| !inv.segments.contains_key(name));
-        let Some(missing) = missing else { return Ok(()) };
+        while let Some(name) = &waiting {
+            if !repo.archive_exists(name)? {
+                break;
+            }
+            waiting = names.next();
+        }
+        let Some(missing) = &waiting else { return Ok(()) };
         if Instant::now() >= deadline {
             return Err(Error::Invalid(format!(
                 "base backup not recorded: WAL segment {missing} (needed from {} to {}) did not reach the repository \
