@@ -7,6 +7,7 @@ mod commands;
 mod context;
 mod output;
 mod progress;
+mod ssh_control;
 
 use std::process::ExitCode;
 
@@ -50,6 +51,8 @@ impl std::fmt::Display for Usage {
 impl std::error::Error for Usage {}
 
 fn main() -> ExitCode {
+    // First, while the process has one thread: it sets the environment.
+    let ssh = ssh_control::SshControl::isolate();
     // Output piped into `head` ends quietly, as for any Unix tool, instead
     // of panicking on a closed pipe.
     // SAFETY: restoring the default disposition of a signal at start-up.
@@ -69,6 +72,9 @@ fn main() -> ExitCode {
         .init();
     let result = commands::run(cli);
     arkiv_repo::backend::shutdown();
+    if let Some(c) = ssh {
+        c.cleanup();
+    }
     match result {
         Ok(code) => code,
         Err(e) => {
