@@ -51,8 +51,6 @@ impl std::fmt::Display for Usage {
 impl std::error::Error for Usage {}
 
 fn main() -> ExitCode {
-    // First, while the process has one thread: it sets the environment.
-    let ssh = ssh_control::SshControl::isolate();
     // Output piped into `head` ends quietly, as for any Unix tool, instead
     // of panicking on a closed pipe.
     // SAFETY: restoring the default disposition of a signal at start-up.
@@ -60,7 +58,10 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     limit_mmap_threshold();
+    // Parsing may exit (--help, bad usage): before anything to clean up.
     let cli = cli::Cli::parse();
+    // Still one thread: this sets the environment.
+    let ssh = ssh_control::SshControl::isolate();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

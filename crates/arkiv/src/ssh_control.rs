@@ -28,6 +28,7 @@ impl SshControl {
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
             .unwrap_or_else(std::env::temp_dir);
+        reap(&base);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.subsec_nanos();
         let dir = base.join(format!("arkiv-ssh-{}-{nanos:08x}", std::process::id()));
         std::fs::create_dir_all(&base).ok()?;
@@ -54,5 +55,18 @@ impl SshControl {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Ends what processes that died without cleaning up (SIGKILL) left in
+/// `base`: directories of arkiv processes that no longer exist.
+fn reap(base: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("arkiv-ssh-").and_then(|r| r.split('-').next()) else { continue };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new("/proc").join(pid).exists() {
+            SshControl { dir: e.path() }.cleanup();
+        }
     }
 }
