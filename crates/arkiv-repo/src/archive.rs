@@ -141,12 +141,7 @@ impl Repository {
 
     /// Every archived file, sorted by name.
     pub fn archive_list(&self) -> Result<Vec<ArchivedEntry>> {
-        let mut out: Vec<ArchivedEntry> = self
-            .backend()
-            .list_archive()?
-            .into_iter()
-            .map(|(name, stored_size, stored_at)| ArchivedEntry { name, stored_size, stored_at })
-            .collect();
+        let mut out = self.backend().list_archive()?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }

@@ -547,13 +547,17 @@ impl Backend {
     }
 
     /// Names, sizes and write times of every archived file.
-    pub fn list_archive(&self) -> Result<Vec<(String, u64, Option<chrono::DateTime<chrono::Utc>>)>> {
+    pub fn list_archive(&self) -> Result<Vec<crate::archive::ArchivedEntry>> {
         let store = self.store(FileKind::Archive);
         let mut out = Vec::new();
         for e in self.list_entries(store, FileKind::Archive.dir())? {
             if crate::archive::is_archive_name(e.name()) {
                 let t = self.modified(store, &e)?;
-                out.push((e.name().to_string(), e.metadata().content_length(), t));
+                out.push(crate::archive::ArchivedEntry {
+                    name: e.name().to_string(),
+                    stored_size: e.metadata().content_length(),
+                    stored_at: t,
+                });
             }
         }
         Ok(out)

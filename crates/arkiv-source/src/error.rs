@@ -37,3 +37,10 @@ pub enum Error {
     #[error("{location}: {message}")]
     Source { location: String, message: String },
 }
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: impl AsRef<std::path::Path>, cause: std::io::Error) -> Error {
+        Error::Io { path: path.as_ref().display().to_string(), cause }
+    }
+}

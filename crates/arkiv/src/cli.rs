@@ -148,14 +148,9 @@ pub struct ReceiveArgs {
     /// Directory pg_receivewal writes into (files are removed once stored)
     #[arg(long)]
     pub dir: PathBuf,
-    /// Server host or socket directory
-    #[arg(long)]
-    pub host: Option<String>,
-    #[arg(short, long)]
-    pub port: Option<u16>,
-    /// A role with the REPLICATION attribute (default: postgres)
-    #[arg(short = 'U', long)]
-    pub user: Option<String>,
+    /// A role with the REPLICATION attribute to connect as
+    #[command(flatten)]
+    pub conn: PgConnArgs,
     /// Replication slot to stream from
     #[arg(long, default_value = "arkiv")]
     pub slot: String,
@@ -168,6 +163,26 @@ pub struct ReceiveArgs {
     /// Directory holding pg_receivewal (default: PATH)
     #[arg(long)]
     pub pg_bin: Option<PathBuf>,
+}
+
+/// How `pg backup` and `pg receive` reach the server.
+#[derive(Args, Debug)]
+pub struct PgConnArgs {
+    /// Server host or socket directory (default: PGHOST, else /var/run/postgresql)
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Server port (default: PGPORT, else 5432)
+    #[arg(short, long)]
+    pub port: Option<u16>,
+    /// Role to connect as (default: PGUSER, else postgres)
+    #[arg(short = 'U', long)]
+    pub user: Option<String>,
+}
+
+impl PgConnArgs {
+    pub fn conn(&self) -> arkiv_source::postgres::Conn {
+        arkiv_source::postgres::Conn { host: self.host.clone(), port: self.port, user: self.user.clone() }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -205,15 +220,9 @@ pub struct PgBackupArgs {
     /// The cluster's data directory
     #[arg(long, env = "PGDATA")]
     pub pgdata: PathBuf,
-    /// Server host or socket directory (default: PGHOST, else /var/run/postgresql)
-    #[arg(long)]
-    pub host: Option<String>,
-    /// Server port (default: PGPORT, else 5432)
-    #[arg(short, long)]
-    pub port: Option<u16>,
-    /// Superuser (or a role with pg_backup_start rights) to connect as (default: PGUSER, else postgres)
-    #[arg(short = 'U', long)]
-    pub user: Option<String>,
+    /// A superuser (or a role with pg_backup_start rights) to connect as
+    #[command(flatten)]
+    pub conn: PgConnArgs,
     /// Read every file, even those unchanged since the previous base backup
     #[arg(long)]
     pub full: bool,

@@ -162,10 +162,6 @@ pub struct BaseBackupOutcome {
     pub info: BaseBackupInfo,
 }
 
-fn io(path: &Path, e: std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), cause: e }
-}
-
 /// A libpq-like connection for the held backup session.
 fn connect(conn: &Conn) -> Result<postgres::Client> {
     let mut cfg = postgres::Config::new();
@@ -232,7 +228,7 @@ impl Session {
 /// The system identifier in `global/pg_control` (its first 8 bytes).
 pub fn control_system_identifier(pgdata: &Path) -> Result<u64> {
     let path = pgdata.join("global/pg_control");
-    let bytes = fs::read(&path).map_err(|e| io(&path, e))?;
+    let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
     if bytes.len() < 8 {
         return Err(Error::Invalid(format!("{}: too short to be a pg_control file", path.display())));
     }
@@ -278,24 +274,19 @@ fn find_parent(
     system_identifier: &str,
     pgdata: &str,
 ) -> Result<Option<(SnapshotEntry, BaseBackupInfo)>> {
-    Ok(repo
-        .list_snapshots()?
-        .into_iter()
-        .filter_map(|e| BaseBackupInfo::of(&e.snapshot).map(|i| (e, i)))
-        .filter(|(_, i)| i.system_identifier == system_identifier && i.pgdata == pgdata)
-        .max_by_key(|(_, i)| i.stopped))
+    Ok(base_backups(repo)?.into_iter().rfind(|(_, i)| i.system_identifier == system_identifier && i.pgdata == pgdata))
 }
 
 /// Takes a base backup of the cluster whose data directory is `opts.pgdata`.
 pub fn backup(indexed: &Indexed, opts: &BaseBackupOptions, progress: &Progress) -> Result<BaseBackupOutcome> {
     let t0 = Instant::now();
-    let pgdata = fs::canonicalize(&opts.pgdata).map_err(|e| io(&opts.pgdata, e))?;
+    let pgdata = fs::canonicalize(&opts.pgdata).map_err(|e| Error::io(&opts.pgdata, e))?;
     let version_file = pgdata.join("PG_VERSION");
     let dir_version = fs::read_to_string(&version_file).map_err(|e| {
-        io(&version_file, std::io::Error::new(e.kind(), format!("not a PostgreSQL data directory ({e})")))
+        Error::io(&version_file, std::io::Error::new(e.kind(), format!("not a PostgreSQL data directory ({e})")))
     })?;
     let control_sysid = control_system_identifier(&pgdata)?;
-    let owner = fs::metadata(&pgdata).map_err(|e| io(&pgdata, e))?;
+    let owner = fs::metadata(&pgdata).map_err(|e| Error::io(&pgdata, e))?;
 
     let client = connect(&opts.conn)?;
     let mut s = Session { client, server: opts.conn.server() };
@@ -405,7 +396,7 @@ pub fn backup(indexed: &Indexed, opts: &BaseBackupOptions, progress: &Progress) 
         let mut tblspc = Tree::default();
         for ts in &tablespaces {
             let dir = PathBuf::from(&ts.location);
-            let md = fs::metadata(&dir).map_err(|e| io(&dir, e))?;
+            let md = fs::metadata(&dir).map_err(|e| Error::io(&dir, e))?;
             let name = Name::from(ts.oid.to_string().as_str());
             let parent_ts = parent_tblspc
                 .as_ref()
@@ -930,12 +921,13 @@ fn server_binary_version(pg_bin: Option<&Path>) -> Result<Option<(PathBuf, u32)>
             }
             p
         }
-        None => match which("postgres") {
-            Some(p) => p,
-            None => return Ok(None),
+        // The same programs a `--sandbox cluster` verify would run.
+        None => match super::sandbox::server_bindir() {
+            Ok(dir) if dir.join("postgres").is_file() => dir.join("postgres"),
+            _ => return Ok(None),
         },
     };
-    let out = std::process::Command::new(&program).arg("--version").output().map_err(|e| io(&program, e))?;
+    let out = std::process::Command::new(&program).arg("--version").output().map_err(|e| Error::io(&program, e))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let num = parse_tool_version(&text).ok_or_else(|| {
         Error::Invalid(format!("{} --version printed '{}', not a PostgreSQL version", program.display(), text.trim()))
@@ -943,15 +935,11 @@ fn server_binary_version(pg_bin: Option<&Path>) -> Result<Option<(PathBuf, u32)>
     Ok(Some((program, num)))
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
-}
-
 fn is_empty_dir(dir: &Path) -> Result<bool> {
     match fs::read_dir(dir) {
         Ok(mut rd) => Ok(rd.next().is_none()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(io(dir, e)),
+        Err(e) => Err(Error::io(dir, e)),
     }
 }
 
@@ -1027,7 +1015,13 @@ pub fn restore(
         ..Default::default()
     };
     let mut out = crate::files::restore(indexed, &root, &base, progress)?;
-    let owner = fs::metadata(opts.pgdata.join("PG_VERSION")).map_err(|e| io(&opts.pgdata, e))?;
+    if let Some(e) = &out.storage_error {
+        return Err(Error::Invalid(format!(
+            "{} is unfinished: cannot read the repository: {e}",
+            opts.pgdata.display()
+        )));
+    }
+    let owner = fs::metadata(opts.pgdata.join("PG_VERSION")).map_err(|e| Error::io(&opts.pgdata, e))?;
     for (oid, to) in &locations {
         let sub = indexed.find_subtree(&root, &format!("pg_tblspc/{oid}"))?;
         let o = crate::files::restore(
@@ -1039,9 +1033,9 @@ pub fn restore(
         out.files += o.files;
         out.bytes += o.bytes;
         chown(to, &owner)?;
-        fs::set_permissions(to, fs::Permissions::from_mode(0o700)).map_err(|e| io(to, e))?;
+        fs::set_permissions(to, fs::Permissions::from_mode(0o700)).map_err(|e| Error::io(to, e))?;
         let link = opts.pgdata.join("pg_tblspc").join(oid.to_string());
-        std::os::unix::fs::symlink(to, &link).map_err(|e| io(&link, e))?;
+        std::os::unix::fs::symlink(to, &link).map_err(|e| Error::io(&link, e))?;
     }
     // pg_control last: until it is there the directory cannot be started
     // by mistake half-restored.
@@ -1068,17 +1062,17 @@ pub fn restore(
     // cluster's WAL: the restored server gets its own, empty.
     let pg_wal = opts.pgdata.join("pg_wal");
     if fs::symlink_metadata(&pg_wal).is_ok_and(|m| m.file_type().is_symlink()) {
-        fs::remove_file(&pg_wal).map_err(|e| io(&pg_wal, e))?;
+        fs::remove_file(&pg_wal).map_err(|e| Error::io(&pg_wal, e))?;
     }
     for d in [pg_wal.clone(), pg_wal.join("archive_status")] {
-        fs::create_dir_all(&d).map_err(|e| io(&d, e))?;
+        fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
         chown(&d, &owner)?;
     }
     // The tablespace links are made above; the map would make the server
     // make them again.
     let map = opts.pgdata.join("tablespace_map");
     if map.exists() {
-        fs::remove_file(&map).map_err(|e| io(&map, e))?;
+        fs::remove_file(&map).map_err(|e| Error::io(&map, e))?;
     }
 
     let mut settings = format!(
@@ -1110,13 +1104,13 @@ pub fn restore(
     let auto = opts.pgdata.join("postgresql.auto.conf");
     let mut text = fs::read_to_string(&auto).unwrap_or_default();
     text.push_str(&settings);
-    fs::write(&auto, text).map_err(|e| io(&auto, e))?;
+    fs::write(&auto, text).map_err(|e| Error::io(&auto, e))?;
     chown(&auto, &owner)?;
     let signal = opts.pgdata.join("recovery.signal");
-    fs::write(&signal, b"").map_err(|e| io(&signal, e))?;
+    fs::write(&signal, b"").map_err(|e| Error::io(&signal, e))?;
     chown(&signal, &owner)?;
     chown(&opts.pgdata, &owner)?;
-    fs::set_permissions(&opts.pgdata, fs::Permissions::from_mode(0o700)).map_err(|e| io(&opts.pgdata, e))?;
+    fs::set_permissions(&opts.pgdata, fs::Permissions::from_mode(0o700)).map_err(|e| Error::io(&opts.pgdata, e))?;
 
     Ok(PhysicalRestoreOutcome {
         snapshot: entry.id,
@@ -1135,7 +1129,7 @@ pub fn restore(
 /// root must leave a directory the postgres user can start).
 fn chown(path: &Path, like: &fs::Metadata) -> Result<()> {
     if crate::files::meta::running_as_root() {
-        std::os::unix::fs::lchown(path, Some(like.uid()), Some(like.gid())).map_err(|e| io(path, e))?;
+        std::os::unix::fs::lchown(path, Some(like.uid()), Some(like.gid())).map_err(|e| Error::io(path, e))?;
     }
     Ok(())
 }

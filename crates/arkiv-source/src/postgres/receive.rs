@@ -42,10 +42,6 @@ pub struct ReceiveOptions {
     pub pg_bin: Option<PathBuf>,
 }
 
-fn io(path: &Path, e: std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), cause: e }
-}
-
 fn program(opts: &ReceiveOptions) -> PathBuf {
     opts.pg_bin.as_ref().map(|d| d.join("pg_receivewal")).unwrap_or_else(|| PathBuf::from("pg_receivewal"))
 }
@@ -58,7 +54,8 @@ fn command(opts: &ReceiveOptions) -> Command {
     if let Some(p) = opts.conn.port {
         c.args(["-p", &p.to_string()]);
     }
-    c.args(["-U", opts.conn.user.as_deref().unwrap_or("postgres")]);
+    let user = opts.conn.user.clone().or_else(|| std::env::var("PGUSER").ok()).unwrap_or_else(|| "postgres".into());
+    c.args(["-U", &user]);
     c.args(["--slot", &opts.slot]).arg("--no-password");
     c
 }
@@ -78,7 +75,7 @@ fn spawn(opts: &ReceiveOptions) -> Result<Child> {
     }
     c.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::ToolMissing { program: program(opts).display().to_string() },
-        _ => io(&program(opts), e),
+        _ => Error::io(program(opts), e),
     })
 }
 
@@ -87,7 +84,7 @@ fn spawn(opts: &ReceiveOptions) -> Result<Child> {
 /// Returns how many files were stored.
 pub fn store_received(repo: &Repository, dir: &Path, last_partial: &mut Option<(String, String)>) -> Result<usize> {
     let mut names: Vec<String> = fs::read_dir(dir)
-        .map_err(|e| io(dir, e))?
+        .map_err(|e| Error::io(dir, e))?
         .flatten()
         .filter_map(|e| e.file_name().to_str().map(String::from))
         .collect();
@@ -103,11 +100,11 @@ pub fn store_received(repo: &Repository, dir: &Path, last_partial: &mut Option<(
                 if name.len() == 24 && repo.archive_exists(&format!("{name}.partial")).unwrap_or(false) {
                     let _ = repo.archive_delete(&format!("{name}.partial"));
                 }
-                fs::remove_file(&path).map_err(|e| io(&path, e))?;
+                fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
                 stored += 1;
             }
             Some(WalFile::Partial(_)) => {
-                let bytes = fs::read(&path).map_err(|e| io(&path, e))?;
+                let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
                 let hash = blake3::hash(&bytes).to_hex().to_string();
                 if last_partial.as_ref().is_some_and(|(n, h)| *n == name && *h == hash) {
                     continue;
@@ -125,10 +122,12 @@ pub fn store_received(repo: &Repository, dir: &Path, last_partial: &mut Option<(
 /// Streams until `stop` is set: supervises `pg_receivewal` and stores what
 /// it receives every `opts.interval`.
 pub fn run(repo: &Repository, opts: &ReceiveOptions, stop: &AtomicBool) -> Result<()> {
-    fs::create_dir_all(&opts.dir).map_err(|e| io(&opts.dir, e))?;
+    fs::create_dir_all(&opts.dir).map_err(|e| Error::io(&opts.dir, e))?;
     if opts.create_slot {
-        let out =
-            command(opts).args(["--create-slot", "--if-not-exists"]).output().map_err(|e| io(&program(opts), e))?;
+        let out = command(opts)
+            .args(["--create-slot", "--if-not-exists"])
+            .output()
+            .map_err(|e| Error::io(program(opts), e))?;
         if !out.status.success() {
             return Err(Error::ToolFailed {
                 program: "pg_receivewal --create-slot".into(),
@@ -152,7 +151,7 @@ pub fn run(repo: &Repository, opts: &ReceiveOptions, stop: &AtomicBool) -> Resul
                 restart_at = Instant::now() + backoff;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
-            Some(Err(e)) => return Err(io(&program(opts), e)),
+            Some(Err(e)) => return Err(Error::io(program(opts), e)),
             _ => {}
         }
         match store_received(repo, &opts.dir, &mut last_partial) {

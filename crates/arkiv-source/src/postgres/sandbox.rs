@@ -336,7 +336,7 @@ impl Sandbox for ClusterSandbox {
 
 /// Where `initdb`, `pg_ctl` and `postgres` are: next to the `initdb` on
 /// PATH (links followed), else the newest of the usual packaged places.
-fn server_bindir() -> Result<PathBuf> {
+pub(super) fn server_bindir() -> Result<PathBuf> {
     let on_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).map(|d| d.join("initdb")).find(|f| f.is_file()))
         .unwrap_or_default();

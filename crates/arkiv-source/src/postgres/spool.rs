@@ -14,7 +14,7 @@
 //! `failed/NAME` and returned by `archive_command` as a non-zero exit with
 //! the reason — so PostgreSQL logs a warning for every attempt and keeps
 //! the segment — and `status.json` says how much WAL is waiting and for
-//! how long, for `arkiv pg info --spool` and for monitoring. pg_wal grows
+//! how long, for monitoring (and the daemon's archive-lag metric). pg_wal grows
 //! while the archive is down, loudly; dropping WAL to save disk would
 //! silently break point-in-time recovery, which is worse than a full disk
 //! that every alert is already watching.
@@ -32,10 +32,6 @@ use serde::{Deserialize, Serialize};
 
 use super::wal::{self, WalFile};
 use crate::error::{Error, Result};
-
-fn io(path: &Path, e: std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), cause: e }
-}
 
 /// The spool's layout.
 #[derive(Debug, Clone)]
@@ -61,7 +57,7 @@ pub struct SpoolStatus {
 impl Spool {
     pub fn new(dir: &Path) -> Result<Spool> {
         for d in [dir.to_path_buf(), dir.join("done"), dir.join("failed")] {
-            fs::create_dir_all(&d).map_err(|e| io(&d, e))?;
+            fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
         }
         Ok(Spool { dir: dir.to_path_buf() })
     }
@@ -92,7 +88,8 @@ impl Spool {
     /// Takes the pusher's lock; `None` when another pusher holds it.
     pub fn lock(&self) -> Result<Option<File>> {
         let path = self.dir.join("pusher.lock");
-        let f = File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| io(&path, e))?;
+        let f =
+            File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
         // SAFETY: flock on a descriptor we own; the lock lives as long as `f`.
         let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         Ok((r == 0).then_some(f))
@@ -133,7 +130,7 @@ impl Spool {
 fn ready(pg_wal: &Path) -> Result<Vec<String>> {
     let status = pg_wal.join("archive_status");
     let mut names: Vec<String> = fs::read_dir(&status)
-        .map_err(|e| io(&status, e))?
+        .map_err(|e| Error::io(&status, e))?
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.strip_suffix(".ready").map(str::to_string))
         .filter(|n| WalFile::parse(n).is_some())

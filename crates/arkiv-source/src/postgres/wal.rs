@@ -160,10 +160,6 @@ pub enum Pushed {
     AlreadyStored,
 }
 
-fn io(path: &Path, e: std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), cause: e }
-}
-
 /// Archives the WAL file at `path` (`archive_command`'s `%p`).
 ///
 /// A file already archived under the same name is compared, not
@@ -183,7 +179,7 @@ pub fn push(repo: &Repository, path: &Path, level: i32) -> Result<Pushed> {
             path.display()
         ))
     })?;
-    let content = fs::read(path).map_err(|e| io(path, e))?;
+    let content = fs::read(path).map_err(|e| Error::io(path, e))?;
     let modified =
         fs::metadata(path).ok().and_then(|m| DateTime::<Utc>::from_timestamp(m.mtime(), m.mtime_nsec() as u32));
     let mut meta = ArchivedMeta::new(name, &content);
@@ -230,10 +226,10 @@ pub enum Fetched {
 /// directory, so PostgreSQL never sees half a segment.
 fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
     let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".arkiv-fetch").tempfile_in(dir).map_err(|e| io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| io(dest, e))?;
-    tmp.as_file().sync_all().map_err(|e| io(dest, e))?;
-    tmp.persist(dest).map_err(|e| io(dest, e.error))?;
+    let mut tmp = tempfile::Builder::new().prefix(".arkiv-fetch").tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| Error::io(dest, e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(dest, e))?;
+    tmp.persist(dest).map_err(|e| Error::io(dest, e.error))?;
     Ok(())
 }
 
@@ -258,7 +254,7 @@ pub fn fetch(repo: &Repository, name: &str, dest: &Path, prefetch: usize) -> Res
     if let WalFile::Segment(_) = kind {
         let waiting = spool.join(name);
         if waiting.exists() {
-            fs::rename(&waiting, dest).map_err(|e| io(dest, e))?;
+            fs::rename(&waiting, dest).map_err(|e| Error::io(dest, e))?;
             forget_older(&spool, name);
             return Ok(Fetched::Found);
         }

@@ -12,7 +12,6 @@ use arkiv_source::postgres::physical::{self, Action, BaseBackupOptions, Physical
 use arkiv_source::postgres::receive::ReceiveOptions;
 use arkiv_source::postgres::spool::Spool;
 use arkiv_source::postgres::wal::{self, Fetched, Pushed};
-use arkiv_source::postgres::Conn;
 
 use crate::cli::{
     ArchiverArgs, Global, PgBackupArgs, PgCommand, PgExpireArgs, PgRestoreArgs, ReceiveArgs, WalFetchArgs, WalPushArgs,
@@ -146,7 +145,7 @@ fn receive(g: &Global, a: ReceiveArgs) -> Result<ExitCode> {
         libc::signal(libc::SIGINT, on_stop as *const () as libc::sighandler_t);
     }
     let opts = ReceiveOptions {
-        conn: Conn { host: a.host, port: a.port, user: a.user },
+        conn: a.conn.conn(),
         slot: a.slot,
         create_slot: a.create_slot,
         dir: a.dir,
@@ -185,7 +184,7 @@ fn backup(g: &Global, a: PgBackupArgs) -> Result<ExitCode> {
     let interval = parse_duration(&a.full_read_interval).map_err(|e| Usage(format!("--full-read-interval: {e}")))?;
     let opts = BaseBackupOptions {
         pgdata: a.pgdata,
-        conn: Conn { host: a.host, port: a.port, user: a.user },
+        conn: a.conn.conn(),
         full: a.full,
         full_read_interval: interval.to_std().unwrap_or_default(),
         fast_checkpoint: !a.spread_checkpoint,
@@ -291,31 +290,23 @@ fn location_word(loc: &str) -> String {
 fn restore_command(g: &Global) -> Result<(String, Option<String>)> {
     let exe = std::env::current_exe().context("finding the arkiv binary for restore_command")?;
     let repo = g.repo.as_deref().ok_or_else(|| Usage("no repository given: use --repo or ARKIV_REPO".into()))?;
-    let mut words =
-        vec![exe.display().to_string(), "pg".into(), "wal-fetch".into(), "--repo".into(), location_word(repo)];
-    if let Some(d) = &g.data_repo {
-        words.extend(["--data-repo".into(), location_word(d)]);
-    }
-    let mut note = None;
-    if let Some(k) = &g.key_file {
-        words.extend(["--key-file".into(), absolute(k)]);
-    } else if let Some(f) = &g.password_file {
-        words.extend(["--password-file".into(), absolute(f)]);
-    } else {
-        note = Some(
+    let mut words = vec![exe.display().to_string()];
+    words.extend(repository_args(g));
+    words.extend(["pg".into(), "wal-fetch".into()]);
+    let mut notes = Vec::new();
+    if g.key_file.is_none() && g.password_file.is_none() {
+        notes.push(
             "restore_command has no password file: the restored server needs ARKIV_PASSWORD in its environment \
-             (or restore again with --password-file)"
-                .to_string(),
+             (or restore again with --password-file)",
         );
     }
     if repo.contains("://") {
-        let n = "the repository is remote: the restored server needs its credentials (e.g. AWS_ACCESS_KEY_ID) in \
-                 its environment";
-        note = Some(match note {
-            Some(o) => format!("{o}; {n}"),
-            None => n.to_string(),
-        });
+        notes.push(
+            "the repository is remote: the restored server needs its credentials (e.g. AWS_ACCESS_KEY_ID) in its \
+             environment",
+        );
     }
+    let note = (!notes.is_empty()).then(|| notes.join("; "));
     let mut cmd: Vec<String> = words.iter().map(|w| shell_word(w)).collect();
     cmd.push("%f".into());
     cmd.push("\"%p\"".into());
