@@ -74,6 +74,13 @@ fn main() -> ExitCode {
     let result = commands::run(cli);
     arkiv_repo::backend::shutdown();
     if let Some(c) = ssh {
+        // A connection still being set up when the runtime stopped may
+        // write to its master as the master exits: that EPIPE must not
+        // kill the process with SIGPIPE before it reports its result.
+        // SAFETY: changing a signal disposition; nothing relies on SIGPIPE from here on.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
         c.cleanup();
     }
     match result {
