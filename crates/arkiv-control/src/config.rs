@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -26,6 +27,12 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The daemon (`arkiv serve`): where it listens and keeps its catalog.
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    /// API users declared in the file (more are made with `arkiv token create`).
+    #[serde(default)]
+    pub users: BTreeMap<String, UserConfig>,
     /// Repositories by name.
     #[serde(default)]
     pub repositories: BTreeMap<String, RepositoryConfig>,
@@ -35,6 +42,259 @@ pub struct Config {
     /// Where the file was read from, for error messages.
     #[serde(skip)]
     pub path: String,
+    /// The file's text, to name the line of a key in validation errors.
+    #[serde(skip)]
+    text: String,
+}
+
+/// `[daemon]`: everything `arkiv serve` needs besides what to back up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Address and port of the HTTP API.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The SQLite catalog: job runs, snapshots seen, audit log, API tokens.
+    #[serde(default = "default_catalog")]
+    pub catalog: PathBuf,
+    /// Where each job run's log is kept; default: `job-logs` beside the catalog.
+    #[serde(default)]
+    pub job_log_dir: Option<PathBuf>,
+    /// Time zone of cron expressions that do not name their own (IANA name).
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// Jobs running at once, over all repositories.
+    #[serde(default = "default_max_jobs")]
+    pub max_concurrent_jobs: usize,
+    /// How long SIGTERM waits for running jobs before marking them interrupted.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// TLS certificate chain (PEM); with `tls_key`, the API is served over HTTPS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Largest request body the API reads.
+    #[serde(default = "default_body_limit")]
+    pub max_body_bytes: usize,
+    /// Failed authentications allowed per client address and minute.
+    #[serde(default = "default_auth_failures")]
+    pub auth_failures_per_minute: u32,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            listen: default_listen(),
+            catalog: default_catalog(),
+            job_log_dir: None,
+            timezone: default_timezone(),
+            max_concurrent_jobs: default_max_jobs(),
+            shutdown_grace: default_grace(),
+            tls_cert: None,
+            tls_key: None,
+            max_body_bytes: default_body_limit(),
+            auth_failures_per_minute: default_auth_failures(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8470".into()
+}
+fn default_catalog() -> PathBuf {
+    PathBuf::from("/var/lib/arkiv/catalog.db")
+}
+fn default_timezone() -> String {
+    "UTC".into()
+}
+fn default_max_jobs() -> usize {
+    2
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_body_limit() -> usize {
+    64 * 1024
+}
+fn default_auth_failures() -> u32 {
+    10
+}
+
+/// An API user whose token the operator keeps in a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub role: Role,
+    /// A file whose first line is the bearer token (at least 24 characters).
+    pub token_file: PathBuf,
+}
+
+/// What an API token may do; each role may do everything the one before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads status, snapshots, jobs and metrics.
+    Viewer,
+    /// Also starts and cancels jobs, restores and verifies.
+    Operator,
+    /// Also manages tokens and reads the audit log.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// When a job runs. Exactly one of `cron` and `every`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// A cron expression: 5 fields, or 6 with seconds first.
+    #[serde(default)]
+    pub cron: Option<String>,
+    /// An interval (`15m`, `4h`), counted from the previous due time.
+    #[serde(default, with = "humantime_serde")]
+    pub every: Option<Duration>,
+    /// IANA time zone of `cron` and of the window; default `[daemon] timezone`.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Do not start before this local time of day (`HH:MM`).
+    #[serde(default)]
+    pub not_before: Option<String>,
+    /// Do not start after this local time of day (`HH:MM`).
+    #[serde(default)]
+    pub not_after: Option<String>,
+    /// A random delay up to this long added to each start.
+    #[serde(default, with = "humantime_serde")]
+    pub jitter: Option<Duration>,
+    /// After downtime, run once for the runs missed (default true).
+    #[serde(default)]
+    pub catch_up: Option<bool>,
+    /// A run still going after this long is stopped and failed.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Further attempts after a failure (default 2).
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// Wait before the first retry, doubled for each further one (default 1m).
+    #[serde(default, with = "humantime_serde")]
+    pub retry_backoff: Option<Duration>,
+    /// Higher runs first when jobs wait for a free slot (default 0).
+    #[serde(default)]
+    pub priority: Option<i32>,
+}
+
+/// `[repositories.NAME.retention]`: forget + prune on a schedule.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    #[serde(default)]
+    pub keep_last: Option<u32>,
+    #[serde(default)]
+    pub keep_hourly: Option<u32>,
+    #[serde(default)]
+    pub keep_daily: Option<u32>,
+    #[serde(default)]
+    pub keep_weekly: Option<u32>,
+    #[serde(default)]
+    pub keep_monthly: Option<u32>,
+    #[serde(default)]
+    pub keep_yearly: Option<u32>,
+    /// restic's units: `30d`, `1y2m` (m = months).
+    #[serde(default)]
+    pub keep_within: Option<String>,
+    #[serde(default)]
+    pub keep_tags: Vec<String>,
+    /// Prune after forgetting (default true).
+    #[serde(default)]
+    pub prune: Option<bool>,
+    /// prune's grace period (default 24h).
+    #[serde(default)]
+    pub prune_grace: Option<String>,
+    /// prune's `--max-unused` (default 5%).
+    #[serde(default)]
+    pub max_unused: Option<String>,
+    /// Default: daily at 04:00.
+    #[serde(default)]
+    pub schedule: Option<ScheduleConfig>,
+}
+
+/// `[repositories.NAME.check]`: structure checks and data reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The structure check; default daily at 03:00.
+    #[serde(default)]
+    pub schedule: Option<ScheduleConfig>,
+    /// The data read; default Sundays at 05:00.
+    #[serde(default)]
+    pub read_data_schedule: Option<ScheduleConfig>,
+    /// The part of the data each read checks, as `check --read-data-subset` (default 10%).
+    #[serde(default = "default_subset")]
+    pub read_data_subset: String,
+}
+
+impl Default for CheckConfig {
+    fn default() -> Self {
+        CheckConfig { enabled: true, schedule: None, read_data_schedule: None, read_data_subset: default_subset() }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_subset() -> String {
+    "10%".into()
+}
+
+/// `[repositories.NAME.replicate]`: copies to the replicas.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicateConfig {
+    /// Also copy after each successful backup into this repository (default true).
+    #[serde(default)]
+    pub after_backup: Option<bool>,
+    /// A schedule besides that (none by default).
+    #[serde(default)]
+    pub schedule: Option<ScheduleConfig>,
+}
+
+/// `[sources.NAME.pitr]`: a PostgreSQL cluster backed up physically
+/// (`arkiv pg backup`) with its WAL archived by `arkiv pg wal-push`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PitrConfig {
+    pub pgdata: PathBuf,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The `wal-push --spool` directory, whose status.json gives the archive lag metric.
+    #[serde(default)]
+    pub spool: Option<PathBuf>,
+    /// As `pg backup --full-read-interval` (default 7d).
+    #[serde(default)]
+    pub full_read_interval: Option<String>,
 }
 
 /// Where snapshots go and what opens them.
@@ -55,6 +315,18 @@ pub struct RepositoryConfig {
     /// The local cache of a remote repository's metadata.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+    /// Repositories (by name) that receive copies of this one's snapshots.
+    #[serde(default)]
+    pub replicas: Vec<String>,
+    /// Jobs on this repository at once (default 1).
+    #[serde(default)]
+    pub max_concurrent_jobs: Option<usize>,
+    #[serde(default)]
+    pub retention: Option<RetentionConfig>,
+    #[serde(default)]
+    pub check: Option<CheckConfig>,
+    #[serde(default)]
+    pub replicate: Option<ReplicateConfig>,
 }
 
 /// Something to back up: a database or bucket (`url`), a command
@@ -87,6 +359,15 @@ pub struct SourceConfig {
     /// How a test restore of this source is checked.
     #[serde(default)]
     pub verify: Option<VerifyConfig>,
+    /// A PostgreSQL cluster backed up physically, instead of `url` or `paths`.
+    #[serde(default)]
+    pub pitr: Option<PitrConfig>,
+    /// When the daemon backs it up; none: only on demand.
+    #[serde(default)]
+    pub schedule: Option<ScheduleConfig>,
+    /// The recovery point objective: the newest successful backup may be at most this old.
+    #[serde(default, with = "humantime_serde")]
+    pub rpo: Option<Duration>,
 }
 
 /// A test restore's sandbox and assertions, as `arkiv verify` takes them.
@@ -109,6 +390,9 @@ pub struct VerifyConfig {
     /// Commands that must exit 0.
     #[serde(default)]
     pub commands: Vec<String>,
+    /// When the daemon runs a test restore; none: only on demand.
+    #[serde(default)]
+    pub schedule: Option<ScheduleConfig>,
 }
 
 impl Config {
@@ -120,9 +404,18 @@ impl Config {
 
     /// Parses and checks a configuration; `path` names it in errors.
     pub fn parse(path: &str, text: &str) -> Result<Config, ConfigError> {
+        if let Some((key, line)) = inline_secret(text) {
+            return Err(ConfigError::Invalid {
+                path: path.to_string(),
+                message: format!(
+                    "line {line}: {key}: secrets are never written in the configuration; use password_file, key_file or token_file (or the provider's environment variables)"
+                ),
+            });
+        }
         let mut config: Config = toml::from_str(text)
             .map_err(|e| ConfigError::Parse { path: path.to_string(), message: one_line(&e.to_string()) })?;
         config.path = path.to_string();
+        config.text = text.to_string();
         config.validate()?;
         Ok(config)
     }
@@ -131,45 +424,201 @@ impl Config {
         ConfigError::Invalid { path: self.path.clone(), message }
     }
 
+    /// An error about `key` (a dotted path), naming the line it is on.
+    fn invalid_at(&self, key: &str, message: impl std::fmt::Display) -> ConfigError {
+        match line_of(&self.text, key) {
+            Some(line) => self.invalid(format!("line {line}: {key}: {message}")),
+            None => self.invalid(format!("{key}: {message}")),
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.daemon;
+        if d.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(self.invalid_at("daemon.listen", format!("'{}' is not ADDRESS:PORT", d.listen)));
+        }
+        crate::schedule::parse_tz(&d.timezone).map_err(|e| self.invalid_at("daemon.timezone", e))?;
+        if d.max_concurrent_jobs == 0 {
+            return Err(self.invalid_at("daemon.max_concurrent_jobs", "must be at least 1"));
+        }
+        if d.tls_cert.is_some() != d.tls_key.is_some() {
+            return Err(self.invalid_at("daemon.tls_cert", "tls_cert and tls_key go together"));
+        }
+        for (name, u) in &self.users {
+            if u.token_file.as_os_str().is_empty() {
+                return Err(self.invalid_at(&format!("users.{name}.token_file"), "is empty"));
+            }
+        }
         for (name, r) in &self.repositories {
             if r.url.trim().is_empty() {
-                return Err(self.invalid(format!("repositories.{name}.url is empty")));
+                return Err(self.invalid_at(&format!("repositories.{name}.url"), "is empty"));
             }
             if r.password_file.is_some() && r.key_file.is_some() {
-                return Err(self.invalid(format!("repositories.{name}: give password_file or key_file, not both")));
+                return Err(
+                    self.invalid_at(&format!("repositories.{name}"), "give password_file or key_file, not both")
+                );
+            }
+            for replica in &r.replicas {
+                if replica == name {
+                    return Err(self.invalid_at(
+                        &format!("repositories.{name}.replicas"),
+                        "a repository cannot replicate to itself",
+                    ));
+                }
+                if !self.repositories.contains_key(replica) {
+                    return Err(self.invalid_at(
+                        &format!("repositories.{name}.replicas"),
+                        format!("no repository named '{replica}'"),
+                    ));
+                }
+            }
+            if r.max_concurrent_jobs == Some(0) {
+                return Err(self.invalid_at(&format!("repositories.{name}.max_concurrent_jobs"), "must be at least 1"));
+            }
+            if let Some(ret) = &r.retention {
+                let key = format!("repositories.{name}.retention");
+                let counts = [
+                    ret.keep_last,
+                    ret.keep_hourly,
+                    ret.keep_daily,
+                    ret.keep_weekly,
+                    ret.keep_monthly,
+                    ret.keep_yearly,
+                ];
+                if counts.iter().all(|c| c.unwrap_or(0) == 0) && ret.keep_within.is_none() && ret.keep_tags.is_empty() {
+                    return Err(self.invalid_at(&key, "keeps nothing: give at least one keep_* rule"));
+                }
+                if let Some(w) = &ret.keep_within {
+                    check_restic_duration(w).map_err(|e| self.invalid_at(&format!("{key}.keep_within"), e))?;
+                }
+                if let Some(g) = &ret.prune_grace {
+                    check_restic_duration(g).map_err(|e| self.invalid_at(&format!("{key}.prune_grace"), e))?;
+                }
+                self.check_schedule(&format!("{key}.schedule"), ret.schedule.as_ref())?;
+            }
+            if let Some(c) = &r.check {
+                let key = format!("repositories.{name}.check");
+                self.check_schedule(&format!("{key}.schedule"), c.schedule.as_ref())?;
+                self.check_schedule(&format!("{key}.read_data_schedule"), c.read_data_schedule.as_ref())?;
+                let subset = c.read_data_subset.trim_end_matches('%');
+                if subset.parse::<f64>().map_or(true, |p| !(p > 0.0 && p <= 100.0)) && !c.read_data_subset.contains('/')
+                {
+                    return Err(self.invalid_at(
+                        &format!("{key}.read_data_subset"),
+                        format!("'{}' is not a percentage (10%) or a part (1/7)", c.read_data_subset),
+                    ));
+                }
+            }
+            if let Some(rep) = &r.replicate {
+                self.check_schedule(&format!("repositories.{name}.replicate.schedule"), rep.schedule.as_ref())?;
+                if r.replicas.is_empty() {
+                    return Err(
+                        self.invalid_at(&format!("repositories.{name}.replicate"), "there are no replicas to copy to")
+                    );
+                }
             }
         }
         for (name, s) in &self.sources {
-            match (&s.url, s.paths.is_empty()) {
-                (Some(_), false) => {
-                    return Err(self.invalid(format!("sources.{name}: give url or paths, not both")));
+            let key = format!("sources.{name}");
+            let given = [s.url.is_some(), !s.paths.is_empty(), s.pitr.is_some()];
+            match given.iter().filter(|g| **g).count() {
+                0 => {
+                    return Err(self.invalid_at(
+                        &key,
+                        "needs url (a database, bucket or command), paths (files) or pitr (a PostgreSQL cluster)",
+                    ));
                 }
-                (None, true) => {
-                    return Err(self.invalid(format!(
-                        "sources.{name}: needs url (a database, bucket or command) or paths (files)"
+                1 => {}
+                _ => return Err(self.invalid_at(&key, "give one of url, paths and pitr, not both")),
+            }
+            if let Some(url) = &s.url {
+                if !arkiv_source::spec::is_source_url(url) {
+                    return Err(self.invalid_at(&format!("{key}.url"), format!(
+                        "'{url}' is not a source URL (postgres://, mysql://, sqlite://, redis://, command:, s3://, gs://, azblob://); for files use paths"
                     )));
                 }
-                (Some(url), true) => {
-                    if !arkiv_source::spec::is_source_url(url) {
-                        return Err(self.invalid(format!(
-                            "sources.{name}.url '{url}' is not a source URL (postgres://, mysql://, sqlite://, redis://, command:, s3://, gs://, azblob://); for files use paths"
-                        )));
-                    }
-                    if !s.exclude.is_empty() {
-                        return Err(self.invalid(format!("sources.{name}.exclude applies to paths, not to a url")));
-                    }
+            }
+            if s.url.is_none() && !s.options.is_empty() {
+                return Err(self.invalid_at(&format!("{key}.options"), "options apply to a url"));
+            }
+            if s.paths.is_empty() && !s.exclude.is_empty() {
+                return Err(self.invalid_at(&format!("{key}.exclude"), "exclude applies to paths"));
+            }
+            if let Some(p) = &s.pitr {
+                if let Some(i) = &p.full_read_interval {
+                    check_restic_duration(i)
+                        .map_err(|e| self.invalid_at(&format!("{key}.pitr.full_read_interval"), e))?;
                 }
-                (None, false) => {
-                    if !s.options.is_empty() {
-                        return Err(self.invalid(format!("sources.{name}.options apply to a url, not to paths")));
-                    }
-                }
+            }
+            self.check_schedule(&format!("{key}.schedule"), s.schedule.as_ref())?;
+            if let Some(v) = &s.verify {
+                self.check_schedule(&format!("{key}.verify.schedule"), v.schedule.as_ref())?;
             }
             self.source_url(name)?;
             self.repository_for(name)?;
         }
         Ok(())
+    }
+
+    /// What `arkiv config check` adds to parsing: the files the
+    /// configuration points to exist and can be read. Each problem names
+    /// its key and line.
+    pub fn check_files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut readable = |key: String, path: &Path| {
+            if let Err(e) = std::fs::File::open(path) {
+                let at = line_of(&self.text, &key).map(|l| format!("line {l}: ")).unwrap_or_default();
+                out.push(format!("{at}{key}: {}: {e}", path.display()));
+            }
+        };
+        for (name, r) in &self.repositories {
+            if let Some(p) = &r.password_file {
+                readable(format!("repositories.{name}.password_file"), p);
+            }
+            if let Some(p) = &r.key_file {
+                readable(format!("repositories.{name}.key_file"), p);
+            }
+        }
+        if let Some(p) = &self.daemon.tls_cert {
+            readable("daemon.tls_cert".into(), p);
+        }
+        if let Some(p) = &self.daemon.tls_key {
+            readable("daemon.tls_key".into(), p);
+        }
+        for (name, s) in &self.sources {
+            if let Some(p) = &s.pitr {
+                readable(format!("sources.{name}.pitr.pgdata"), &p.pgdata.join("PG_VERSION"));
+            }
+        }
+        for name in self.users.keys() {
+            if let Err(e) = self.user_token(name) {
+                out.push(e.to_string().trim_start_matches(&format!("{}: ", self.path)).to_string());
+            }
+        }
+        out
+    }
+
+    fn check_schedule(&self, key: &str, s: Option<&ScheduleConfig>) -> Result<(), ConfigError> {
+        if let Some(s) = s {
+            crate::schedule::Schedule::from_config(s, &self.daemon.timezone).map_err(|e| self.invalid_at(key, e))?;
+        }
+        Ok(())
+    }
+
+    /// Reads the file each user's token is kept in; the token's first line,
+    /// checked for length.
+    pub fn user_token(&self, name: &str) -> Result<String, ConfigError> {
+        let u = &self.users[name];
+        let text = std::fs::read_to_string(&u.token_file)
+            .map_err(|source| ConfigError::Read { path: u.token_file.display().to_string(), source })?;
+        let token = text.lines().next().unwrap_or("").trim().to_string();
+        if token.len() < 24 {
+            return Err(self.invalid_at(
+                &format!("users.{name}.token_file"),
+                format!("{}: the token must be at least 24 characters", u.token_file.display()),
+            ));
+        }
+        Ok(token)
     }
 
     pub fn source(&self, name: &str) -> Result<&SourceConfig, ConfigError> {
@@ -203,7 +652,16 @@ impl Config {
     /// The repository a source goes to.
     pub fn repository_for(&self, source: &str) -> Result<(&str, &RepositoryConfig), ConfigError> {
         let s = self.source(source)?;
-        self.repository(s.repository.as_deref()).map_err(|e| match e {
+        // Replicas receive copies; with one repository that is not a
+        // replica, sources go there unless they say otherwise.
+        let primaries: Vec<&String> =
+            self.repositories.keys().filter(|n| !self.repositories.values().any(|r| r.replicas.contains(n))).collect();
+        let name = match (&s.repository, primaries.as_slice()) {
+            (Some(n), _) => Some(n.as_str()),
+            (None, [only]) => Some(only.as_str()),
+            (None, _) => None,
+        };
+        self.repository(name).map_err(|e| match e {
             ConfigError::Invalid { path, message } => {
                 ConfigError::Invalid { path, message: format!("sources.{source}: {message}") }
             }
@@ -264,6 +722,83 @@ fn encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// A key that would hold a secret inline (`password = "…"`): refused
+/// with a pointer to the file-based key rather than as an unknown field.
+fn inline_secret(text: &str) -> Option<(String, usize)> {
+    const SECRETS: [&str; 6] = ["password", "token", "secret", "secret_key", "access_key", "secret_access_key"];
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if t.starts_with('#') || t.starts_with('[') {
+            continue;
+        }
+        let Some((key, _)) = t.split_once('=') else { continue };
+        let key = key.trim().trim_matches('"');
+        let last = key.rsplit('.').next().unwrap_or(key);
+        if SECRETS.contains(&last) {
+            return Some((key.to_string(), i + 1));
+        }
+    }
+    None
+}
+
+/// Checks a duration in restic's units (`30d`, `1y2m`, `24h`), which
+/// retention uses; the repository parses it again when the job runs.
+fn check_restic_duration(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_digit() || "ymwdhs".contains(c))
+        && s.chars().next().is_some_and(|c| c.is_ascii_digit())
+        && s.chars().last().is_some_and(|c| !c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("'{s}' is not a duration such as 30d, 12h or 1y2m (m = months)"))
+    }
+}
+
+/// The line (1-based) that sets `key`, a dotted path: the line of its own
+/// `[table]` header, or of the key inside the nearest enclosing table.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let lines: Vec<&str> = text.lines().collect();
+    let header_of = |l: &str| -> Option<String> {
+        let t = l.trim();
+        let inner = t
+            .strip_prefix("[[")
+            .and_then(|x| x.strip_suffix("]]"))
+            .or_else(|| t.strip_prefix('[').and_then(|x| x.strip_suffix(']')))?;
+        Some(inner.split('.').map(|p| p.trim().trim_matches('"')).collect::<Vec<_>>().join("."))
+    };
+    for depth in (0..=parts.len()).rev() {
+        let table = parts[..depth].join(".");
+        let start = if depth == 0 {
+            Some(0)
+        } else {
+            lines.iter().position(|l| header_of(l).as_deref() == Some(table.as_str())).map(|i| i + 1)
+        };
+        let Some(start) = start else { continue };
+        if depth == parts.len() {
+            return Some(start);
+        }
+        let next = parts[depth];
+        for (i, l) in lines.iter().enumerate().skip(start) {
+            if header_of(l).is_some() {
+                break;
+            }
+            let t = l.trim_start();
+            if let Some(rest) = t.strip_prefix(next).or_else(|| t.strip_prefix(&format!("\"{next}\""))) {
+                let rest = rest.trim_start();
+                if rest.starts_with('=') || rest.starts_with('.') {
+                    return Some(i + 1);
+                }
+            }
+        }
+        if depth > 0 {
+            return Some(start);
+        }
+    }
+    None
 }
 
 fn one_line(s: &str) -> String {
@@ -331,6 +866,38 @@ options = { only = "schema", "exclude-table" = ["a b", "c"] }
         assert!(Config::parse("c", neither).unwrap_err().to_string().contains("needs url"));
         let bad = "[repositories.r]\nurl='/r'\n[sources.x]\nurl='/srv/data'\n";
         assert!(Config::parse("c", bad).unwrap_err().to_string().contains("not a source URL"));
+    }
+
+    #[test]
+    fn daemon_errors_name_the_key_and_its_line() {
+        let text =
+            "[repositories.r]\nurl = '/r'\n\n[sources.x]\npaths = ['/x']\n[sources.x.schedule]\ncron = 'every day'\n";
+        let e = Config::parse("c.toml", text).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml: line 6: sources.x.schedule: cron expression 'every day' is invalid"), "{e}");
+        let text = "[repositories.r]\nurl = '/r'\nreplicas = ['zz']\n";
+        let e = Config::parse("c.toml", text).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml: line 3: repositories.r.replicas: no repository named 'zz'"), "{e}");
+        let text = "[daemon]\nlisten = 'localhost'\n";
+        let e = Config::parse("c.toml", text).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml: line 2: daemon.listen: 'localhost' is not ADDRESS:PORT"), "{e}");
+        let text = "[repositories.r]\nurl = '/r'\n[repositories.r.retention]\nprune = true\n";
+        let e = Config::parse("c.toml", text).unwrap_err().to_string();
+        assert!(e.contains("line 3: repositories.r.retention: keeps nothing"), "{e}");
+    }
+
+    #[test]
+    fn inline_secrets_are_refused_with_the_file_based_key_named() {
+        let text = "[repositories.r]\nurl = '/r'\npassword = 'hunter2'\n";
+        let e = Config::parse("c.toml", text).unwrap_err().to_string();
+        assert!(e.contains("line 3: password: secrets are never written") && e.contains("password_file"), "{e}");
+        assert!(!e.contains("hunter2"));
+    }
+
+    #[test]
+    fn sources_go_to_the_one_repository_that_is_not_a_replica() {
+        let text = "[repositories.main]\nurl = '/m'\nreplicas = ['far']\n[repositories.far]\nurl = '/f'\n[sources.x]\npaths = ['/x']\n";
+        let c = Config::parse("c.toml", text).unwrap();
+        assert_eq!(c.repository_for("x").unwrap().0, "main");
     }
 
     #[test]

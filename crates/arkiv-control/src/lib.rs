@@ -1,12 +1,23 @@
-//! `arkiv-control` is Arkiv's control plane: what to back up, where, and
-//! how to prove it restores, as an operator writes it down. Today that is
-//! the configuration file (`config`), read by the CLI; the daemon, its
-//! catalog, schedules, alerts, drills and reports are built on the same
-//! file.
+//! `arkiv-control` is Arkiv's control plane: what to back up, where, when,
+//! and what happened. It holds the configuration file (`config`), read by
+//! the CLI and the daemon alike, and the daemon (`arkiv serve`): its SQLite
+//! catalog, schedules, job supervisor, HTTP API, metrics and audit trail.
+//! Alerts, drills and reports are built on the same catalog.
 //!
 //! It must not know how data is stored or dumped: it names repositories
-//! and sources and hands their URLs to `arkiv-repo` and `arkiv-source`.
+//! and sources, and runs jobs as the `arkiv` binary's own commands
+//! (`jobs.rs` says why), reading their `--json` output.
 
+pub mod api;
+pub mod audit;
+pub mod catalog;
 pub mod config;
+pub mod daemon;
+pub mod jobs;
+pub mod metrics;
+pub mod runner;
+pub mod schedule;
+pub mod serve;
+pub mod token;
 
 pub use config::{Config, ConfigError, RepositoryConfig, SourceConfig, VerifyConfig};

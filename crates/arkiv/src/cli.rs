@@ -101,6 +101,54 @@ pub enum Command {
     /// PostgreSQL physical backups, WAL archiving and point-in-time recovery
     #[command(subcommand)]
     Pg(PgCommand),
+    /// Run the daemon: schedules, jobs, HTTP API and metrics, from --config
+    Serve,
+    /// Work with the configuration file
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Manage the daemon's API tokens (in its catalog)
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The daemon's audit log
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate the file given with --config: every error names its key and line
+    Check,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token and print it (shown once; only its hash is kept)
+    Create {
+        /// A name for the token (who or what uses it); recorded in the audit log
+        #[arg(long)]
+        name: String,
+        /// viewer (read), operator (also run and cancel jobs, restore, verify) or admin (also tokens and the audit log)
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+    },
+    /// List tokens (never the tokens themselves)
+    List,
+    /// Revoke a token by name
+    Revoke { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Walk the hash chain: exit 0 when intact, 1 naming the first edited or deleted entry
+    Verify,
+    /// Print the entries
+    List {
+        /// Entries after this sequence number
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 #[derive(Subcommand, Debug)]

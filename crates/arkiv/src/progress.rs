@@ -18,6 +18,11 @@ pub struct Ticker {
     bar: Option<ProgressBar>,
 }
 
+fn progress_lines() -> Option<Duration> {
+    let secs: f64 = std::env::var("ARKIV_PROGRESS_LINES").ok()?.parse().ok()?;
+    (secs > 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
 pub fn enabled(g: &Global) -> bool {
     !g.json && !g.quiet && !g.no_progress && std::io::stderr().is_terminal()
 }
@@ -29,6 +34,9 @@ impl Ticker {
         F: Fn(&ProgressBar) + Send + 'static,
     {
         if !enabled(g) {
+            if let Some(every) = progress_lines() {
+                return Ticker::lines(every, update);
+            }
             return Ticker { stop: Arc::new(AtomicBool::new(true)), handle: None, bar: None };
         }
         let bar = ProgressBar::new(0);
@@ -43,6 +51,38 @@ impl Ticker {
             while !s.load(Ordering::Relaxed) {
                 update(&b);
                 std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Ticker { stop, handle: Some(handle), bar: Some(bar) }
+    }
+
+    /// Progress for a supervisor rather than a person: with
+    /// `ARKIV_PROGRESS_LINES=SECONDS` (the daemon sets it for its jobs) a
+    /// line `progress: …` goes to standard error every so many seconds,
+    /// read from a hidden bar the operation updates as usual.
+    fn lines<F>(every: Duration, update: F) -> Ticker
+    where
+        F: Fn(&ProgressBar) + Send + 'static,
+    {
+        let bar = ProgressBar::hidden();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (b, s) = (bar.clone(), stop.clone());
+        let handle = std::thread::spawn(move || {
+            let mut last = std::time::Instant::now();
+            while !s.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if last.elapsed() >= every {
+                    update(&b);
+                    let msg = b.message();
+                    let line = match b.length() {
+                        Some(len) if len > 0 => format!("{}/{} {msg}", b.position(), len),
+                        _ => msg.to_string(),
+                    };
+                    if !line.trim().is_empty() {
+                        eprintln!("progress: {}", line.trim());
+                    }
+                    last = std::time::Instant::now();
+                }
             }
         });
         Ticker { stop, handle: Some(handle), bar: Some(bar) }

@@ -3,6 +3,7 @@
 
 pub(crate) mod backup;
 mod browse;
+mod daemon;
 mod keys;
 mod maintenance;
 mod pg;
@@ -51,6 +52,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Copy(a) => replicate::copy(g, a),
         Command::ReplicationStatus(a) => replicate::status(g, a),
         Command::Pg(c) => pg::run(g, c),
+        Command::Serve => daemon::serve(g, config.as_ref()),
+        Command::Config(c) => daemon::config(g, config.as_ref(), c),
+        Command::Token(c) => daemon::token(g, config.as_ref(), c),
+        Command::Audit(c) => daemon::audit(g, config.as_ref(), c),
     }
 }
 
