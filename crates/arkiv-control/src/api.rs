@@ -146,6 +146,33 @@ impl Api {
     }
 }
 
+/// A caller whose token has at least the role `LEVEL` (0 viewer, 1
+/// operator, 2 admin). As an extractor it runs before the body is read, so
+/// an unauthenticated request never gets its body parsed.
+pub struct Auth<const LEVEL: u8>(pub Caller);
+
+impl<const LEVEL: u8> axum::extract::FromRequestParts<AppState> for Auth<LEVEL> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, api: &AppState) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let needed = match LEVEL {
+            0 => Role::Viewer,
+            1 => Role::Operator,
+            _ => Role::Admin,
+        };
+        api.authorize(&parts.headers, peer, needed).map(Auth)
+    }
+}
+
+pub type Viewer = Auth<0>;
+pub type Operator = Auth<1>;
+pub type Admin = Auth<2>;
+
 fn parse_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let bytes = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
     serde_json::from_slice(&bytes).map_err(|e| bad_request(format!("malformed request body: {e}")))
@@ -327,12 +354,7 @@ fn source_status(d: &Daemon, name: &str) -> Result<SourceStatus, ApiError> {
 /// Sources with their backup status.
 #[utoipa::path(get, path = "/v1/sources", tag = "sources", security(("bearer" = [])),
     responses((status = 200, body = [SourceStatus]), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
-async fn list_sources(
-    State(api): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Result<Json<Vec<SourceStatus>>, ApiError> {
-    api.authorize(&headers, peer, Role::Viewer)?;
+async fn list_sources(State(api): State<AppState>, _: Viewer) -> Result<Json<Vec<SourceStatus>>, ApiError> {
     let d = &api.daemon;
     let out = d.config.sources.keys().map(|n| source_status(d, n)).collect::<Result<Vec<_>, _>>()?;
     Ok(Json(out))
@@ -344,11 +366,9 @@ async fn list_sources(
     responses((status = 200, body = SourceStatus), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_source(
     State(api): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _: Viewer,
     Path(name): Path<String>,
 ) -> Result<Json<SourceStatus>, ApiError> {
-    api.authorize(&headers, peer, Role::Viewer)?;
     Ok(Json(source_status(&api.daemon, &name)?))
 }
 
@@ -358,11 +378,9 @@ async fn get_source(
     responses((status = 200, body = [SnapshotSeen]), (status = 401, body = ErrorBody)))]
 async fn list_snapshots(
     State(api): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _: Viewer,
     Query(q): Query<SnapshotsQuery>,
 ) -> Result<Json<Vec<SnapshotSeen>>, ApiError> {
-    api.authorize(&headers, peer, Role::Viewer)?;
     Ok(Json(api.daemon.catalog.snapshots(q.repository.as_deref(), q.source.as_deref(), q.limit.unwrap_or(1000))?))
 }
 
@@ -373,11 +391,9 @@ async fn list_snapshots(
     responses((status = 200, body = [Run]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list_jobs(
     State(api): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _: Viewer,
     Query(q): Query<JobsQuery>,
 ) -> Result<Json<Vec<Run>>, ApiError> {
-    api.authorize(&headers, peer, Role::Viewer)?;
     let status = match &q.status {
         Some(s) => Some(RunStatus::parse(s).ok_or_else(|| bad_request(format!("unknown status '{s}'")))?),
         None => None,
@@ -396,13 +412,7 @@ async fn list_jobs(
 /// One run.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", security(("bearer" = [])), params(("id" = i64, Path)),
     responses((status = 200, body = Run), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn get_job(
-    State(api): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-) -> Result<Json<Run>, ApiError> {
-    api.authorize(&headers, peer, Role::Viewer)?;
+async fn get_job(State(api): State<AppState>, _: Viewer, Path(id): Path<i64>) -> Result<Json<Run>, ApiError> {
     let run = api.daemon.catalog.run(id)?.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {id}")))?;
     Ok(Json(run))
 }
@@ -410,13 +420,7 @@ async fn get_job(
 /// A run's log (its command line, its standard error, its exit), as text: the last MiB.
 #[utoipa::path(get, path = "/v1/jobs/{id}/log", tag = "jobs", security(("bearer" = [])), params(("id" = i64, Path)),
     responses((status = 200, body = String, content_type = "text/plain"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn get_job_log(
-    State(api): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-) -> Result<Response, ApiError> {
-    api.authorize(&headers, peer, Role::Viewer)?;
+async fn get_job_log(State(api): State<AppState>, _: Viewer, Path(id): Path<i64>) -> Result<Response, ApiError> {
     let run = api.daemon.catalog.run(id)?.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {id}")))?;
     let Some(path) = api.daemon.log_path(&run) else {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("run {id} has not started: no log yet")));
@@ -435,11 +439,9 @@ async fn get_job_log(
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 async fn trigger_job(
     State(api): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Auth(who): Operator,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Run>), ApiError> {
-    let who = api.authorize(&headers, peer, Role::Operator)?;
     let req: JobRequest = parse_body(body)?;
     if req.job.starts_with("restore:") {
         return Err(bad_request("restores are requested with POST /v1/restores"));
@@ -455,11 +457,9 @@ async fn trigger_job(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn cancel_job(
     State(api): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Auth(who): Operator,
     Path(id): Path<i64>,
 ) -> Result<(StatusCode, Json<Run>), ApiError> {
-    let who = api.authorize(&headers, peer, Role::Operator)?;
     let run = api.daemon.cancel(id, &who.name)?;
     api.audit(&who, "job.cancel", &run.job, json!({ "run": id }));
     Ok((StatusCode::ACCEPTED, Json(run)))
@@ -479,11 +479,9 @@ fn plain(what: &str, v: &str) -> Result<(), ApiError> {
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn request_restore(
     State(api): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Auth(who): Operator,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Run>), ApiError> {
-    let who = api.authorize(&headers, peer, Role::Operator)?;
     let r: RestoreRequest = parse_body(body)?;
     if !api.daemon.config.repositories.contains_key(&r.repository) {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no repository named '{}'", r.repository)));
@@ -518,11 +516,9 @@ async fn request_restore(
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn request_verify(
     State(api): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Auth(who): Operator,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Run>), ApiError> {
-    let who = api.authorize(&headers, peer, Role::Operator)?;
     let r: VerifyRequest = parse_body(body)?;
     let mut args = Vec::new();
     if let Some(s) = &r.snapshot {
@@ -556,12 +552,7 @@ fn repository_status(d: &Daemon, name: &str) -> Result<RepositoryStatus, ApiErro
 /// Repositories: size, snapshots, last check, replication status.
 #[utoipa::path(get, path = "/v1/repositories", tag = "repositories", security(("bearer" = [])),
     responses((status = 200, body = [RepositoryStatus]), (status = 401, body = ErrorBody)))]
-async fn list_repositories(
-    State(api): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Result<Json<Vec<RepositoryStatus>>, ApiError> {
-    api.authorize(&headers, peer, Role::Viewer)?;
+async fn list_repositories(State(api): State<AppState>, _: Viewer) -> Result<Json<Vec<RepositoryStatus>>, ApiError> {
     let d = &api.daemon;
     Ok(Json(d.config.repositories.keys().map(|n| repository_status(d, n)).collect::<Result<Vec<_>, _>>()?))
 }
@@ -571,11 +562,9 @@ async fn list_repositories(
     responses((status = 200, body = RepositoryStatus), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_repository(
     State(api): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _: Viewer,
     Path(name): Path<String>,
 ) -> Result<Json<RepositoryStatus>, ApiError> {
-    api.authorize(&headers, peer, Role::Viewer)?;
     Ok(Json(repository_status(&api.daemon, &name)?))
 }
 
@@ -585,23 +574,16 @@ async fn get_repository(
     responses((status = 200, body = [AuditEntry]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list_audit(
     State(api): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _: Admin,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Vec<AuditEntry>>, ApiError> {
-    api.authorize(&headers, peer, Role::Admin)?;
     Ok(Json(audit::entries(&api.daemon.catalog, q.after.unwrap_or(0), q.limit.unwrap_or(100).min(1000))?))
 }
 
 /// Walks the audit chain and reports the first break (admin).
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", security(("bearer" = [])),
     responses((status = 200, body = AuditVerification), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-async fn verify_audit(
-    State(api): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Result<Json<AuditVerification>, ApiError> {
-    api.authorize(&headers, peer, Role::Admin)?;
+async fn verify_audit(State(api): State<AppState>, _: Admin) -> Result<Json<AuditVerification>, ApiError> {
     let v = audit::verify(&api.daemon.catalog)?;
     Ok(Json(AuditVerification { entries: v.entries, head: v.head, ok: v.problem.is_none(), problem: v.problem }))
 }
@@ -609,12 +591,7 @@ async fn verify_audit(
 /// API tokens (admin); the tokens themselves are never shown again.
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens", security(("bearer" = [])),
     responses((status = 200, body = [TokenRecord]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-async fn list_tokens(
-    State(api): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Result<Json<Vec<TokenRecord>>, ApiError> {
-    api.authorize(&headers, peer, Role::Admin)?;
+async fn list_tokens(State(api): State<AppState>, _: Admin) -> Result<Json<Vec<TokenRecord>>, ApiError> {
     Ok(Json(api.daemon.catalog.tokens()?))
 }
 
@@ -623,11 +600,9 @@ async fn list_tokens(
     responses((status = 201, body = NewToken), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn create_token(
     State(api): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Auth(who): Admin,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<NewToken>), ApiError> {
-    let who = api.authorize(&headers, peer, Role::Admin)?;
     let r: TokenRequest = parse_body(body)?;
     if r.name.is_empty()
         || r.name.len() > 64
@@ -649,11 +624,9 @@ async fn create_token(
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn revoke_token(
     State(api): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Auth(who): Admin,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let who = api.authorize(&headers, peer, Role::Admin)?;
     if !api.daemon.catalog.revoke_token(&name, api.daemon.now())? {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no live token named '{name}'")));
     }

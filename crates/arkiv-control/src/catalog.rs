@@ -17,12 +17,12 @@ use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("catalog {path}: {source}")]
-    Sql { path: String, source: rusqlite::Error },
+    #[error("catalog {path}: {error}")]
+    Sql { path: String, error: rusqlite::Error },
     #[error("catalog {path}: {message}")]
     Invalid { path: String, message: String },
-    #[error("catalog {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("catalog {path}: {error}")]
+    Io { path: String, error: std::io::Error },
 }
 
 pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
@@ -310,9 +310,9 @@ impl Catalog {
     pub fn open(path: &Path) -> Result<Catalog> {
         let shown = path.display().to_string();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| CatalogError::Io { path: shown.clone(), source })?;
+            std::fs::create_dir_all(dir).map_err(|error| CatalogError::Io { path: shown.clone(), error })?;
         }
-        let sql = |source| CatalogError::Sql { path: shown.clone(), source };
+        let sql = |error| CatalogError::Sql { path: shown.clone(), error };
         let conn = Connection::open(path).map_err(sql)?;
         // WAL: the API reads while a job's end is written; synchronous=FULL
         // so that a run recorded as finished stays finished after power loss.
@@ -328,8 +328,8 @@ impl Catalog {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn sql(&self, source: rusqlite::Error) -> CatalogError {
-        CatalogError::Sql { path: self.path.clone(), source }
+    fn sql(&self, error: rusqlite::Error) -> CatalogError {
+        CatalogError::Sql { path: self.path.clone(), error }
     }
 
     pub fn path(&self) -> &str {
@@ -349,11 +349,11 @@ impl Catalog {
             });
         }
         for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = conn.transaction().map_err(|e| CatalogError::Sql { path: self.path.clone(), source: e })?;
-            tx.execute_batch(step).map_err(|e| CatalogError::Sql { path: self.path.clone(), source: e })?;
+            let tx = conn.transaction().map_err(|e| CatalogError::Sql { path: self.path.clone(), error: e })?;
+            tx.execute_batch(step).map_err(|e| CatalogError::Sql { path: self.path.clone(), error: e })?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)
-                .map_err(|e| CatalogError::Sql { path: self.path.clone(), source: e })?;
-            tx.commit().map_err(|e| CatalogError::Sql { path: self.path.clone(), source: e })?;
+                .map_err(|e| CatalogError::Sql { path: self.path.clone(), error: e })?;
+            tx.commit().map_err(|e| CatalogError::Sql { path: self.path.clone(), error: e })?;
         }
         Ok(())
     }
@@ -557,8 +557,8 @@ impl Catalog {
     /// Replaces what is known of a repository's snapshots by a fresh listing.
     pub fn replace_snapshots(&self, repository: &str, list: &[SnapshotSeen], now: DateTime<Utc>) -> Result<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| CatalogError::Sql { path: self.path.clone(), source: e })?;
-        let sql = |e| CatalogError::Sql { path: self.path.clone(), source: e };
+        let tx = conn.transaction().map_err(|e| CatalogError::Sql { path: self.path.clone(), error: e })?;
+        let sql = |e| CatalogError::Sql { path: self.path.clone(), error: e };
         tx.execute("DELETE FROM snapshots WHERE repository = ?1", [repository]).map_err(sql)?;
         for s in list {
             tx.execute(
@@ -680,7 +680,7 @@ impl Catalog {
     /// user is gone (`keep` lists the users the file still has).
     pub fn sync_config_tokens(&self, users: &[(String, String, String)], now: DateTime<Utc>) -> Result<()> {
         let conn = self.conn();
-        let sql = |e| CatalogError::Sql { path: self.path.clone(), source: e };
+        let sql = |e| CatalogError::Sql { path: self.path.clone(), error: e };
         for (name, role, hash) in users {
             conn.execute(
                 "INSERT INTO api_tokens (name, role, hash, origin, created_at) VALUES (?1, ?2, ?3, 'config', ?4)

@@ -14,8 +14,8 @@ use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Read { path: String, error: std::io::Error },
     /// The TOML parser's message names the line and column.
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
@@ -398,7 +398,7 @@ pub struct VerifyConfig {
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: shown.clone(), error })?;
         Config::parse(&shown, &text)
     }
 
@@ -610,7 +610,7 @@ impl Config {
     pub fn user_token(&self, name: &str) -> Result<String, ConfigError> {
         let u = &self.users[name];
         let text = std::fs::read_to_string(&u.token_file)
-            .map_err(|source| ConfigError::Read { path: u.token_file.display().to_string(), source })?;
+            .map_err(|error| ConfigError::Read { path: u.token_file.display().to_string(), error })?;
         let token = text.lines().next().unwrap_or("").trim().to_string();
         if token.len() < 24 {
             return Err(self.invalid_at(

@@ -813,6 +813,7 @@ impl Daemon {
         self.stopping.store(true, Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + grace;
         let mut told = false;
+        let mut announced = false;
         loop {
             let running = self.state().running.len();
             if running == 0 {
@@ -826,8 +827,9 @@ impl Daemon {
                     }
                     told = true;
                 }
-            } else if !told {
+            } else if !told && !announced {
                 tracing::info!(running, "waiting for running jobs before stopping");
+                announced = true;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

@@ -15,10 +15,10 @@ use crate::schedule::SystemClock;
 pub enum ServeError {
     #[error(transparent)]
     Daemon(#[from] DaemonError),
-    #[error("listen address {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
-    #[error("TLS certificate {cert} / key {key}: {source}")]
-    Tls { cert: String, key: String, source: std::io::Error },
+    #[error("listen address {addr}: {error}")]
+    Listen { addr: String, error: std::io::Error },
+    #[error("TLS certificate {cert} / key {key}: {error}")]
+    Tls { cert: String, key: String, error: std::io::Error },
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -37,7 +37,7 @@ pub fn serve(config: Config, config_path: &Path, exe: &Path) -> Result<(), Serve
 async fn run(config: Config, config_path: &Path, exe: &Path) -> Result<(), ServeError> {
     let addr: SocketAddr = config.daemon.listen.parse().map_err(|_| ServeError::Listen {
         addr: config.daemon.listen.clone(),
-        source: std::io::ErrorKind::InvalidInput.into(),
+        error: std::io::ErrorKind::InvalidInput.into(),
     })?;
     let grace = config.daemon.shutdown_grace;
     let tls = match (&config.daemon.tls_cert, &config.daemon.tls_key) {
@@ -45,8 +45,8 @@ async fn run(config: Config, config_path: &Path, exe: &Path) -> Result<(), Serve
             // Both aws-lc-rs and ring are linked (through other crates);
             // rustls then needs the process's provider named once.
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-            let c = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await.map_err(|source| {
-                ServeError::Tls { cert: cert.display().to_string(), key: key.display().to_string(), source }
+            let c = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await.map_err(|error| {
+                ServeError::Tls { cert: cert.display().to_string(), key: key.display().to_string(), error }
             })?;
             Some(c)
         }
@@ -59,8 +59,8 @@ async fn run(config: Config, config_path: &Path, exe: &Path) -> Result<(), Serve
     }
     // Bind before anything runs, so a taken port fails the start at once.
     let listener =
-        std::net::TcpListener::bind(addr).map_err(|source| ServeError::Listen { addr: addr.to_string(), source })?;
-    listener.set_nonblocking(true).map_err(|source| ServeError::Listen { addr: addr.to_string(), source })?;
+        std::net::TcpListener::bind(addr).map_err(|error| ServeError::Listen { addr: addr.to_string(), error })?;
+    listener.set_nonblocking(true).map_err(|error| ServeError::Listen { addr: addr.to_string(), error })?;
     let local = listener.local_addr().unwrap_or(addr);
     tokio::spawn(daemon.clone().refresh_all());
     tokio::spawn(daemon.clone().run_loop());
@@ -88,7 +88,7 @@ async fn run(config: Config, config_path: &Path, exe: &Path) -> Result<(), Serve
         }
     };
     tokio::spawn(stopper);
-    server.await.map_err(|source| ServeError::Listen { addr: local.to_string(), source })?;
+    server.await.map_err(|error| ServeError::Listen { addr: local.to_string(), error })?;
     tracing::info!("arkiv daemon stopped");
     Ok(())
 }
