@@ -332,6 +332,19 @@ impl Catalog {
         CatalogError::Sql { path: self.path.clone(), error }
     }
 
+    /// Every row of a query, mapped.
+    fn rows<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        map: impl FnMut(&Row) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(sql).map_err(|e| self.sql(e))?;
+        let rows = stmt.query_map(params, map).map_err(|e| self.sql(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.sql(e))
+    }
+
     pub fn path(&self) -> &str {
         &self.path
     }
@@ -471,20 +484,12 @@ impl Catalog {
         }
         let limit = if f.limit == 0 { 100 } else { f.limit.min(1000) };
         sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&sql).map_err(|e| self.sql(e))?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(values), run_from_row).map_err(|e| self.sql(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.sql(e))
+        self.rows(&sql, rusqlite::params_from_iter(values), run_from_row)
     }
 
     /// Runs waiting to start, oldest first.
     pub fn queued_runs(&self) -> Result<Vec<Run>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(&format!("SELECT {RUN_COLUMNS} FROM job_runs WHERE status = 'queued' ORDER BY id"))
-            .map_err(|e| self.sql(e))?;
-        let rows = stmt.query_map([], run_from_row).map_err(|e| self.sql(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.sql(e))
+        self.rows(&format!("SELECT {RUN_COLUMNS} FROM job_runs WHERE status = 'queued' ORDER BY id"), [], run_from_row)
     }
 
     /// Marks every run still recorded as running as interrupted (the daemon
@@ -505,15 +510,14 @@ impl Catalog {
 
     /// Interrupted runs that no later run repeats yet.
     pub fn interrupted_not_requeued(&self) -> Result<Vec<Run>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(&format!(
+        self.rows(
+            &format!(
                 "SELECT {RUN_COLUMNS} FROM job_runs r WHERE status = 'interrupted'
                  AND NOT EXISTS (SELECT 1 FROM job_runs x WHERE x.retry_of = r.id) ORDER BY id"
-            ))
-            .map_err(|e| self.sql(e))?;
-        let rows = stmt.query_map([], run_from_row).map_err(|e| self.sql(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.sql(e))
+            ),
+            [],
+            run_from_row,
+        )
     }
 
     /// The newest run of `job` in one of `statuses`.
@@ -581,16 +585,12 @@ impl Catalog {
     }
 
     pub fn snapshots(&self, repository: Option<&str>, source: Option<&str>, limit: usize) -> Result<Vec<SnapshotSeen>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
-                "SELECT repository, id, source, host, time, bytes, tags FROM snapshots
-                 WHERE (?1 IS NULL OR repository = ?1) AND (?2 IS NULL OR source = ?2)
-                 ORDER BY time DESC LIMIT ?3",
-            )
-            .map_err(|e| self.sql(e))?;
-        let rows = stmt
-            .query_map(params![repository, source, limit.clamp(1, 10_000) as i64], |r| {
+        self.rows(
+            "SELECT repository, id, source, host, time, bytes, tags FROM snapshots
+             WHERE (?1 IS NULL OR repository = ?1) AND (?2 IS NULL OR source = ?2)
+             ORDER BY time DESC LIMIT ?3",
+            params![repository, source, limit.clamp(1, 10_000) as i64],
+            |r| {
                 let tags: String = r.get(6)?;
                 Ok(SnapshotSeen {
                     repository: r.get(0)?,
@@ -601,9 +601,8 @@ impl Catalog {
                     bytes: r.get::<_, i64>(5)? as u64,
                     tags: serde_json::from_str(&tags).unwrap_or_default(),
                 })
-            })
-            .map_err(|e| self.sql(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.sql(e))
+            },
+        )
     }
 
     pub fn repository_state(&self, name: &str) -> Result<RepositoryState> {
@@ -725,12 +724,10 @@ impl Catalog {
     }
 
     pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT id, name, role, origin, created_at, last_used_at, revoked_at FROM api_tokens ORDER BY id")
-            .map_err(|e| self.sql(e))?;
-        let rows = stmt
-            .query_map([], |r| {
+        self.rows(
+            "SELECT id, name, role, origin, created_at, last_used_at, revoked_at FROM api_tokens ORDER BY id",
+            [],
+            |r| {
                 Ok(TokenRecord {
                     id: r.get(0)?,
                     name: r.get(1)?,
@@ -740,9 +737,8 @@ impl Catalog {
                     last_used_at: r.get::<_, Option<i64>>(5)?.map(from_ts),
                     revoked_at: r.get::<_, Option<i64>>(6)?.map(from_ts),
                 })
-            })
-            .map_err(|e| self.sql(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.sql(e))
+            },
+        )
     }
 
     /// Revokes a token by name. False when there is no live token of that name.
