@@ -162,7 +162,7 @@ pub struct Run {
     pub kind: String,
     /// The source or repository it works on.
     pub target: String,
-    /// schedule, catch-up, retry, api, reschedule (after an interruption).
+    /// schedule, catch-up, retry, api, after-backup (a replication), reschedule (after an interruption).
     pub trigger: String,
     pub requested_by: Option<String>,
     pub attempt: u32,
@@ -322,6 +322,42 @@ impl Catalog {
         let catalog = Catalog { path: shown, conn: Mutex::new(conn) };
         catalog.migrate()?;
         Ok(catalog)
+    }
+
+    /// Takes the catalog for one daemon: an exclusive lock on
+    /// `CATALOG.lock`, held as long as the returned file is open. A second
+    /// `arkiv serve` on the same catalog would mark the first one's running
+    /// jobs interrupted and run them twice; it stops here instead. The CLI's
+    /// `token` and `audit` commands do not take it.
+    pub fn lock_for_daemon(path: &Path) -> Result<std::fs::File> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::io::AsRawFd;
+        let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+        let shown = lock_path.display().to_string();
+        if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|error| CatalogError::Io { path: shown.clone(), error })?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|error| CatalogError::Io { path: shown.clone(), error })?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let mut holder = String::new();
+            let _ = f.read_to_string(&mut holder);
+            let holder = if holder.trim().is_empty() { "unknown".to_string() } else { holder.trim().to_string() };
+            return Err(CatalogError::Invalid {
+                path: path.display().to_string(),
+                message: format!("in use by another arkiv serve (pid {}); one daemon per catalog", holder),
+            });
+        }
+        let _ = f.set_len(0);
+        let _ = f.rewind();
+        let _ = writeln!(f, "{}", std::process::id());
+        Ok(f)
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -681,6 +717,18 @@ impl Catalog {
         let conn = self.conn();
         let sql = |e| CatalogError::Sql { path: self.path.clone(), error: e };
         for (name, role, hash) in users {
+            let other: Option<String> = conn
+                .query_row("SELECT origin FROM api_tokens WHERE name = ?1 AND origin != 'config'", [name], |r| r.get(0))
+                .optional()
+                .map_err(sql)?;
+            if let Some(origin) = other {
+                return Err(CatalogError::Invalid {
+                    path: self.path.clone(),
+                    message: format!(
+                        "users.{name}: a token named '{name}' was made with `arkiv token create` ({origin}); rename the user in the configuration"
+                    ),
+                });
+            }
             conn.execute(
                 "INSERT INTO api_tokens (name, role, hash, origin, created_at) VALUES (?1, ?2, ?3, 'config', ?4)
                  ON CONFLICT (name) DO UPDATE SET role = excluded.role, hash = excluded.hash, revoked_at = NULL

@@ -77,7 +77,7 @@ pub struct DaemonConfig {
     /// Largest request body the API reads.
     #[serde(default = "default_body_limit")]
     pub max_body_bytes: usize,
-    /// Failed authentications allowed per client address and minute.
+    /// Failed authentications allowed per client address and minute (0: no limit).
     #[serde(default = "default_auth_failures")]
     pub auth_failures_per_minute: u32,
 }
@@ -134,7 +134,7 @@ pub struct UserConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Reads status, snapshots, jobs and metrics.
+    /// Reads status, snapshots, jobs and repositories.
     Viewer,
     /// Also starts and cancels jobs, restores and verifies.
     Operator,
@@ -453,6 +453,12 @@ impl Config {
             if r.url.trim().is_empty() {
                 return Err(self.invalid_at(&format!("repositories.{name}.url"), "is empty"));
             }
+            if url_has_password(&r.url) || r.data_url.as_deref().is_some_and(url_has_password) {
+                return Err(self.invalid_at(
+                    &format!("repositories.{name}.url"),
+                    "a password in the URL: secrets are never written in the configuration; use the provider's environment variables or files",
+                ));
+            }
             if r.password_file.is_some() && r.key_file.is_some() {
                 return Err(
                     self.invalid_at(&format!("repositories.{name}"), "give password_file or key_file, not both")
@@ -491,6 +497,15 @@ impl Config {
                 if let Some(w) = &ret.keep_within {
                     check_restic_duration(w).map_err(|e| self.invalid_at(&format!("{key}.keep_within"), e))?;
                 }
+                if let Some(m) = &ret.max_unused {
+                    let ok =
+                        m.trim().trim_end_matches('%').trim().parse::<f64>().is_ok_and(|p| (0.0..=100.0).contains(&p));
+                    if !ok {
+                        return Err(
+                            self.invalid_at(&format!("{key}.max_unused"), format!("'{m}' is not a percentage like 5%"))
+                        );
+                    }
+                }
                 if let Some(g) = &ret.prune_grace {
                     check_restic_duration(g).map_err(|e| self.invalid_at(&format!("{key}.prune_grace"), e))?;
                 }
@@ -500,12 +515,13 @@ impl Config {
                 let key = format!("repositories.{name}.check");
                 self.check_schedule(&format!("{key}.schedule"), c.schedule.as_ref())?;
                 self.check_schedule(&format!("{key}.read_data_schedule"), c.read_data_schedule.as_ref())?;
-                let subset = c.read_data_subset.trim_end_matches('%');
-                if subset.parse::<f64>().map_or(true, |p| !(p > 0.0 && p <= 100.0)) && !c.read_data_subset.contains('/')
-                {
+                if subset_fraction(&c.read_data_subset).is_none() {
                     return Err(self.invalid_at(
                         &format!("{key}.read_data_subset"),
-                        format!("'{}' is not a percentage (10%) or a part (1/7)", c.read_data_subset),
+                        format!(
+                            "'{}' is not a subset: N% (10%), a fraction (0.1) or n/m (1/7), at most all of it",
+                            c.read_data_subset
+                        ),
                     ));
                 }
             }
@@ -532,6 +548,12 @@ impl Config {
                 _ => return Err(self.invalid_at(&key, "give one of url, paths and pitr, not both")),
             }
             if let Some(url) = &s.url {
+                if url_has_password(url) {
+                    return Err(self.invalid_at(
+                        &format!("{key}.url"),
+                        "a password in the URL: secrets are never written in the configuration; use the source's environment (PGPASSWORD, MYSQL_PWD, REDISCLI_AUTH) or its password file (.pgpass, option files)",
+                    ));
+                }
                 if !arkiv_source::spec::is_source_url(url) {
                     return Err(self.invalid_at(&format!("{key}.url"), format!(
                         "'{url}' is not a source URL (postgres://, mysql://, sqlite://, redis://, command:, s3://, gs://, azblob://); for files use paths"
@@ -545,6 +567,12 @@ impl Config {
                 return Err(self.invalid_at(&format!("{key}.exclude"), "exclude applies to paths"));
             }
             if let Some(p) = &s.pitr {
+                if s.verify.is_some() {
+                    return Err(self.invalid_at(
+                        &format!("{key}.verify"),
+                        "a pitr source is proven by `arkiv pg restore` into a scratch directory, not by verify (not scheduled by the daemon yet)",
+                    ));
+                }
                 if let Some(i) = &p.full_read_interval {
                     check_restic_duration(i)
                         .map_err(|e| self.invalid_at(&format!("{key}.pitr.full_read_interval"), e))?;
@@ -662,8 +690,17 @@ impl Config {
             (None, _) => None,
         };
         self.repository(name).map_err(|e| match e {
-            ConfigError::Invalid { path, message } => {
-                ConfigError::Invalid { path, message: format!("sources.{source}: {message}") }
+            ConfigError::Invalid { message, .. } => {
+                let message = if message.starts_with("several repositories") {
+                    format!(
+                        "{} repositories are not replicas of another ({}): set repository = \"…\"",
+                        primaries.len(),
+                        primaries.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+                    )
+                } else {
+                    message
+                };
+                self.invalid_at(&format!("sources.{source}"), message)
             }
             other => other,
         })
@@ -733,14 +770,45 @@ fn inline_secret(text: &str) -> Option<(String, usize)> {
         if t.starts_with('#') || t.starts_with('[') {
             continue;
         }
-        let Some((key, _)) = t.split_once('=') else { continue };
-        let key = key.trim().trim_matches('"');
-        let last = key.rsplit('.').next().unwrap_or(key);
-        if SECRETS.contains(&last) {
-            return Some((key.to_string(), i + 1));
+        // Keys at the start of the line, and inside inline tables
+        // (`options = { password = "…" }`).
+        let mut candidates = vec![t];
+        candidates.extend(t.match_indices(['{', ',']).map(|(at, _)| &t[at + 1..]));
+        for c in candidates {
+            let Some((key, _)) = c.split_once('=') else { continue };
+            let key = key.trim().trim_matches('"');
+            let last = key.rsplit('.').next().unwrap_or(key);
+            if SECRETS.contains(&last) {
+                return Some((key.to_string(), i + 1));
+            }
         }
     }
     None
+}
+
+/// Whether a URL carries a password in its user information
+/// (`scheme://user:password@host`).
+fn url_has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else { return false };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+/// A read-data subset as `check --read-data-subset` reads it: `N%`, a
+/// fraction, or `n/m`; in (0, 1].
+fn subset_fraction(s: &str) -> Option<f64> {
+    let f = if let Some(p) = s.strip_suffix('%') {
+        p.trim().parse::<f64>().ok()? / 100.0
+    } else if let Some((n, m)) = s.split_once('/') {
+        let (n, m): (f64, f64) = (n.trim().parse().ok()?, m.trim().parse().ok()?);
+        if m == 0.0 {
+            return None;
+        }
+        n / m
+    } else {
+        s.trim().parse::<f64>().ok()?
+    };
+    (f > 0.0 && f <= 1.0).then_some(f)
 }
 
 /// Checks a duration in restic's units (`30d`, `1y2m`, `24h`), which
@@ -894,6 +962,34 @@ options = { only = "schema", "exclude-table" = ["a b", "c"] }
     }
 
     #[test]
+    fn secrets_in_inline_tables_and_urls_and_bad_check_or_prune_values_are_refused() {
+        let base = "[repositories.r]\nurl = '/r'\n";
+        let cases = [
+            (
+                "[sources.x]\nurl = 'postgres://app@db/shop'\noptions = { only = 'schema', password = 'x' }\n",
+                "line 5: password: secrets",
+            ),
+            ("[sources.x]\nurl = 'postgres://app:pw@db/shop'\n", "line 4: sources.x.url: a password in the URL"),
+            (
+                "[repositories.r.check]\nread_data_subset = '10'\n",
+                "repositories.r.check.read_data_subset: '10' is not a subset",
+            ),
+            (
+                "[repositories.r.retention]\nkeep_last = 1\nmax_unused = 'lots'\n",
+                "repositories.r.retention.max_unused: 'lots'",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let e = Config::parse("c.toml", &format!("{base}{extra}")).unwrap_err().to_string();
+            assert!(e.contains(expected), "{extra}: {e}");
+            assert!(!e.contains("pw@"), "{e}");
+        }
+        assert_eq!(subset_fraction("1/7"), Some(1.0 / 7.0));
+        assert_eq!(subset_fraction("0.5"), Some(0.5));
+        assert_eq!(subset_fraction("150%"), None);
+    }
+
+    #[test]
     fn sources_go_to_the_one_repository_that_is_not_a_replica() {
         let text = "[repositories.main]\nurl = '/m'\nreplicas = ['far']\n[repositories.far]\nurl = '/f'\n[sources.x]\npaths = ['/x']\n";
         let c = Config::parse("c.toml", text).unwrap();
@@ -903,7 +999,8 @@ options = { only = "schema", "exclude-table" = ["a b", "c"] }
     #[test]
     fn a_source_must_name_an_existing_repository_when_there_are_several() {
         let text = "[repositories.a]\nurl='/a'\n[repositories.b]\nurl='/b'\n[sources.x]\npaths=['/x']\n";
-        assert!(Config::parse("c", text).unwrap_err().to_string().contains("name one"));
+        let e = Config::parse("c", text).unwrap_err().to_string();
+        assert!(e.contains("2 repositories are not replicas of another (a, b): set repository"), "{e}");
         let text = "[repositories.a]\nurl='/a'\n[sources.x]\npaths=['/x']\nrepository='zz'\n";
         let e = Config::parse("c", text).unwrap_err().to_string();
         assert!(e.contains("no repository named 'zz'") && e.contains("sources.x"), "{e}");

@@ -207,7 +207,13 @@ impl Daemon {
                     self.catalog.set_last_due(&def.name, now)?;
                 }
             }
-            if let Some(next) = s.next_due(now) {
+            // An interval counts from when the job was last due, so a
+            // restart does not push the next run a whole interval away.
+            let base = match last {
+                Some(l) if s.next_due(l).is_some_and(|n| n > now) => l,
+                _ => now,
+            };
+            if let Some(next) = s.next_due(base) {
                 state.next_due.insert(def.name.clone(), next);
             }
         }
@@ -501,7 +507,11 @@ impl Daemon {
             ),
             Ok(end) => {
                 let mut o = jobs::parse_outcome(&end.stdout);
-                let status = if end.cancelled && self.is_stopping() {
+                // Killed by a signal while the daemon stops: the service
+                // manager signalled the whole group (systemd's default
+                // KillMode); the run did not fail, it was cut short.
+                let stopped_under_it = self.is_stopping() && end.code.is_none();
+                let status = if (end.cancelled || stopped_under_it) && self.is_stopping() {
                     o.error = Some("the daemon stopped before the run finished (shutdown grace period over)".into());
                     RunStatus::Interrupted
                 } else if end.cancelled {
@@ -560,6 +570,11 @@ impl Daemon {
         }
         if matches!(status, RunStatus::Succeeded | RunStatus::Partial) {
             self.after_success(&run, kind).await;
+        } else if kind == JobKind::Replicate {
+            // A failing replication must still show its growing lag.
+            if let Some((from, to)) = run.target.split_once(':') {
+                self.refresh_replication(from, to).await;
+            }
         } else if matches!(kind, JobKind::Check | JobKind::CheckData) {
             let st = RepositoryState {
                 last_check_at: Some(self.now()),
@@ -633,8 +648,11 @@ impl Daemon {
 
     /// Queues a run the daemon itself asks for (replication after a backup).
     fn request_internal(&self, job: &str) -> Result<Run, DaemonError> {
-        if let Some(r) = self.pending(job)? {
-            return Err(DaemonError::Conflict(format!("run {} is already {}", r.id, r.status.as_str())));
+        // A replication already running may have listed its snapshots
+        // before this backup ended: one more is queued behind it. One
+        // queued is enough, whatever number of backups end meanwhile.
+        if let Some(r) = self.catalog.queued_runs()?.into_iter().find(|r| r.job == job) {
+            return Err(DaemonError::Conflict(format!("run {} is already queued", r.id)));
         }
         let def = self.jobs.get(job).ok_or_else(|| DaemonError::NotFound(job.into()))?;
         let now = self.now();
@@ -666,7 +684,11 @@ impl Daemon {
             "--no-progress".into(),
         ];
         full.extend(args);
-        let out = tokio::process::Command::new(&self.exe)
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        for v in runner::OVERRIDES {
+            cmd.env_remove(v);
+        }
+        let out = cmd
             .args(&full)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)

@@ -2,7 +2,8 @@
 //! and what happened. It holds the configuration file (`config`), read by
 //! the CLI and the daemon alike, and the daemon (`arkiv serve`): its SQLite
 //! catalog, schedules, job supervisor, HTTP API, metrics and audit trail.
-//! Alerts, drills and reports are built on the same catalog.
+//! Alerts, drills and reports, not built yet, are to be built on the same
+//! catalog.
 //!
 //! It must not know how data is stored or dumped: it names repositories
 //! and sources, and runs jobs as the `arkiv` binary's own commands

@@ -34,6 +34,34 @@ pub struct ChildSpec<'a> {
 /// `ARKIV_PROGRESS_LINES` is set (see the binary's `progress.rs`).
 pub const PROGRESS_PREFIX: &str = "progress: ";
 
+/// Variables that would make a job ignore the configuration file (the
+/// CLI lets the environment win over the file): a daemon started from a
+/// shell that has `ARKIV_REPO` set must still back each source up where
+/// the file says.
+pub const OVERRIDES: [&str; 16] = [
+    "ARKIV_REPO",
+    "ARKIV_CONFIG",
+    "ARKIV_DATA_REPO",
+    "ARKIV_PASSWORD",
+    "ARKIV_PASSWORD_FILE",
+    "ARKIV_KEY_FILE",
+    "ARKIV_CACHE_DIR",
+    "ARKIV_FROM_PASSWORD_FILE",
+    "ARKIV_FROM_KEY_FILE",
+    "ARKIV_TO_PASSWORD_FILE",
+    "ARKIV_TO_KEY_FILE",
+    "ARKIV_TIMEOUT",
+    "ARKIV_RETRIES",
+    "ARKIV_CONNECTIONS",
+    "ARKIV_FAULTS",
+    "ARKIV_NEW_PASSWORD",
+];
+
+/// Set for a job: the binary then ends its whole process group (the dump
+/// tools it started included) when it receives SIGTERM, which is what the
+/// kernel sends it when the daemon dies (see `PR_SET_PDEATHSIG` below).
+pub const JOB_GROUP_ENV: &str = "ARKIV_JOB_GROUP";
+
 /// How long a cancelled child has to exit after SIGTERM before SIGKILL.
 const KILL_AFTER: Duration = Duration::from_secs(10);
 
@@ -45,11 +73,15 @@ pub async fn run(
     let mut log = tokio::fs::OpenOptions::new().create(true).append(true).open(&spec.log).await?;
     log.write_all(format!("$ arkiv {}\n", spec.args.join(" ")).as_bytes()).await?;
     let mut cmd = Command::new(spec.exe);
+    for v in OVERRIDES {
+        cmd.env_remove(v);
+    }
     cmd.args(spec.args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env("ARKIV_PROGRESS_LINES", "2")
+        .env(JOB_GROUP_ENV, "1")
         .process_group(0)
         .kill_on_drop(true);
     // SAFETY: prctl is async-signal-safe and touches only the child. It asks

@@ -7,7 +7,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, NaiveTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 
@@ -141,6 +141,9 @@ impl Schedule {
 
     /// The first occurrence strictly after `after`, before the window is applied.
     fn next_occurrence(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // Whole seconds: a daemon started at 10:00:00.331 must still run a
+        // minutely job at 10:01:00.000, not carry the fraction forever.
+        let after = after.with_nanosecond(0).unwrap_or(after);
         match &self.timing {
             Timing::Cron(cron) => {
                 cron.find_next_occurrence(&after.with_timezone(&self.tz), false).ok().map(|t| t.with_timezone(&Utc))
@@ -247,6 +250,14 @@ mod tests {
     fn seconds_field_is_accepted() {
         let s = sched("cron = '*/10 * * * * *'").unwrap();
         assert_eq!(s.next_due(at("2026-01-01T00:00:01Z")).unwrap(), at("2026-01-01T00:00:10Z"));
+    }
+
+    #[test]
+    fn fractions_of_a_second_do_not_carry_into_due_times() {
+        let s = sched("cron = '* * * * *'").unwrap();
+        assert_eq!(s.next_due(at("2026-01-01T00:00:00.331Z")).unwrap(), at("2026-01-01T00:01:00Z"));
+        let s = sched("every = '10s'").unwrap();
+        assert_eq!(s.next_due(at("2026-01-01T00:00:00.331Z")).unwrap(), at("2026-01-01T00:00:10Z"));
     }
 
     #[test]

@@ -52,14 +52,17 @@ async fn run(config: Config, config_path: &Path, exe: &Path) -> Result<(), Serve
         }
         _ => None,
     };
+    // The catalog's lock, then the port, before anything is recorded: a
+    // second daemon, or one whose port is taken, stops without touching
+    // the first one's runs.
+    let _lock = crate::catalog::Catalog::lock_for_daemon(&config.daemon.catalog).map_err(DaemonError::from)?;
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|error| ServeError::Listen { addr: addr.to_string(), error })?;
     let daemon = Daemon::new(config, config_path, exe, Arc::new(SystemClock))?;
     let requeued = daemon.recover()?;
     if !requeued.is_empty() {
         tracing::warn!(runs = requeued.len(), "queued again the runs the previous daemon did not finish or missed");
     }
-    // Bind before anything runs, so a taken port fails the start at once.
-    let listener =
-        std::net::TcpListener::bind(addr).map_err(|error| ServeError::Listen { addr: addr.to_string(), error })?;
     listener.set_nonblocking(true).map_err(|error| ServeError::Listen { addr: addr.to_string(), error })?;
     let local = listener.local_addr().unwrap_or(addr);
     tokio::spawn(daemon.clone().refresh_all());

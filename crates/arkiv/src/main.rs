@@ -28,6 +28,24 @@ fn limit_mmap_threshold() {
     }
 }
 
+/// A job of the daemon runs in a process group of its own, which it leads.
+/// SIGTERM reaches it alone when the daemon dies (the kernel's parent-death
+/// signal); the dump tools and commands it started must not outlive it and
+/// run twice beside the job the restarted daemon queues again, so the
+/// handler ends the whole group, itself included.
+fn end_group_on_sigterm() {
+    extern "C" fn handler(_: libc::c_int) {
+        // SAFETY: kill is async-signal-safe; 0 names the caller's group.
+        unsafe {
+            libc::kill(0, libc::SIGKILL);
+        }
+    }
+    // SAFETY: installing a handler that only calls an async-signal-safe function.
+    unsafe {
+        libc::signal(libc::SIGTERM, handler as extern "C" fn(libc::c_int) as libc::sighandler_t);
+    }
+}
+
 /// Exit code of an operation that finished but left something out.
 pub const EXIT_PARTIAL: u8 = 3;
 
@@ -58,6 +76,9 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     limit_mmap_threshold();
+    if std::env::var_os("ARKIV_JOB_GROUP").is_some() {
+        end_group_on_sigterm();
+    }
     // Parsing may exit (--help, bad usage): before anything to clean up.
     let cli = cli::Cli::parse();
     // Still one thread: this sets the environment.
@@ -68,6 +89,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .with_target(false)
         .init();

@@ -24,8 +24,8 @@ fn need_config(g: &Global, config: Option<&Config>) -> Result<Config> {
 pub fn serve(g: &Global, config: Option<&Config>) -> Result<ExitCode> {
     let c = need_config(g, config)?;
     let path = g.config.clone().expect("need_config checked it");
-    // Jobs run as this same binary, so the daemon and its jobs are always
-    // one version.
+    // Jobs run as this same binary file. After an in-place upgrade, restart
+    // the daemon, or it runs the new version's jobs under the old daemon.
     let exe = std::env::current_exe().context("finding the arkiv binary for jobs")?;
     let path = std::fs::canonicalize(&path).unwrap_or(path);
     arkiv_control::serve::serve(c, &path, &exe)?;
