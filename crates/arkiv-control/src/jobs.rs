@@ -176,6 +176,9 @@ pub fn argv(
                 if let Some(i) = &p.full_read_interval {
                     a.extend(["--full-read-interval".into(), i.clone()]);
                 }
+                if let Some(h) = &s.host {
+                    a.extend(["--hostname".into(), h.clone()]);
+                }
                 for t in &s.tags {
                     a.extend(["--tag".into(), t.clone()]);
                 }
