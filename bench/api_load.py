@@ -69,8 +69,8 @@ def percentile(sorted_values, p):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rate", type=float, default=200)
-    ap.add_argument("--seconds", type=float, default=30)
-    ap.add_argument("--size-mb", type=int, default=1024)
+    ap.add_argument("--seconds", type=float, default=15)
+    ap.add_argument("--size-mb", type=int, default=2048)
     ap.add_argument("--workers", type=int, default=16)
     ap.add_argument("--idle-seconds", type=float, default=60)
     ap.add_argument("--arkiv", default=os.path.join(ROOT, "target/release/arkiv"))
@@ -137,7 +137,9 @@ rpo = "1d"
         n = int(a.rate * a.seconds)
         interval = 1.0 / a.rate
         start = time.perf_counter() + 0.2
+        wall0 = time.time() + 0.2
         latencies = [None] * n
+        sent_at = [None] * n
         errors = []
         next_index = [0]
         lock = threading.Lock()
@@ -162,6 +164,7 @@ rpo = "1d"
                     errors.append(repr(e))
                     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
                 latencies[i] = (time.perf_counter() - due) * 1000
+                sent_at[i] = wall0 + (due - start)
 
         threads = [threading.Thread(target=worker) for _ in range(a.workers)]
         for t in threads:
@@ -182,6 +185,13 @@ rpo = "1d"
         rss1, cpu1 = proc_stat(daemon.pid)
 
         lat = sorted(x for x in latencies if x is not None)
+
+        def epoch(t):
+            from datetime import datetime
+            return datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
+
+        b0, b1 = epoch(run["started_at"]), epoch(run["ended_at"])
+        during = sorted(x for x, t in zip(latencies, sent_at) if x is not None and b0 <= t <= b1)
         out = {
             "rate_target": a.rate,
             "requests": n,
@@ -196,6 +206,12 @@ rpo = "1d"
                 "mean": round(statistics.fmean(lat), 2) if lat else None,
             },
             "backup_running_at_end_of_load": run_during["status"] == "running",
+            "during_backup": {
+                "requests": len(during),
+                "p50": round(percentile(during, 50), 2),
+                "p99": round(percentile(during, 99), 2),
+                "max": round(during[-1], 2) if during else None,
+            },
             "backup_run": {k: run[k] for k in ("status", "started_at", "ended_at", "bytes", "files")},
             "idle": {
                 "rss_mib": round(rss1 / 2**20, 1),

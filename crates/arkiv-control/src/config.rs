@@ -66,6 +66,10 @@ pub struct DaemonConfig {
     /// Jobs running at once, over all repositories.
     #[serde(default = "default_max_jobs")]
     pub max_concurrent_jobs: usize,
+    /// CPU niceness added to each job (0 to 19): backups are batch work,
+    /// the API and the databases being backed up are not.
+    #[serde(default = "default_job_nice")]
+    pub job_nice: i32,
     /// How long SIGTERM waits for running jobs before marking them interrupted.
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -90,6 +94,7 @@ impl Default for DaemonConfig {
             job_log_dir: None,
             timezone: default_timezone(),
             max_concurrent_jobs: default_max_jobs(),
+            job_nice: default_job_nice(),
             shutdown_grace: default_grace(),
             tls_cert: None,
             tls_key: None,
@@ -110,6 +115,9 @@ fn default_timezone() -> String {
 }
 fn default_max_jobs() -> usize {
     2
+}
+fn default_job_nice() -> i32 {
+    10
 }
 fn default_grace() -> Duration {
     Duration::from_secs(300)
@@ -440,6 +448,9 @@ impl Config {
         crate::schedule::parse_tz(&d.timezone).map_err(|e| self.invalid_at("daemon.timezone", e))?;
         if d.max_concurrent_jobs == 0 {
             return Err(self.invalid_at("daemon.max_concurrent_jobs", "must be at least 1"));
+        }
+        if !(0..=19).contains(&d.job_nice) {
+            return Err(self.invalid_at("daemon.job_nice", format!("{} is not between 0 and 19", d.job_nice)));
         }
         if d.tls_cert.is_some() != d.tls_key.is_some() {
             return Err(self.invalid_at("daemon.tls_cert", "tls_cert and tls_key go together"));
@@ -948,6 +959,9 @@ options = { only = "schema", "exclude-table" = ["a b", "c"] }
         let text = "[daemon]\nlisten = 'localhost'\n";
         let e = Config::parse("c.toml", text).unwrap_err().to_string();
         assert!(e.starts_with("c.toml: line 2: daemon.listen: 'localhost' is not ADDRESS:PORT"), "{e}");
+        let text = "[daemon]\njob_nice = 25\n";
+        let e = Config::parse("c.toml", text).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml: line 2: daemon.job_nice: 25 is not between 0 and 19"), "{e}");
         let text = "[repositories.r]\nurl = '/r'\n[repositories.r.retention]\nprune = true\n";
         let e = Config::parse("c.toml", text).unwrap_err().to_string();
         assert!(e.contains("line 3: repositories.r.retention: keeps nothing"), "{e}");

@@ -498,7 +498,7 @@ impl Daemon {
                 let _ = d.catalog.set_progress(id, p);
             }
         };
-        let spec = runner::ChildSpec { exe: &self.exe, args: &args, log, timeout };
+        let spec = runner::ChildSpec { exe: &self.exe, args: &args, log, timeout, nice: self.config.daemon.job_nice };
         let end = runner::run(spec, cancel, catalog_progress).await;
         let (status, mut outcome) = match end {
             Err(e) => (

@@ -28,6 +28,8 @@ pub struct ChildSpec<'a> {
     pub args: &'a [String],
     pub log: PathBuf,
     pub timeout: Option<Duration>,
+    /// Niceness added to the child.
+    pub nice: i32,
 }
 
 /// Lines the binary prints on standard error while it works, when
@@ -88,10 +90,14 @@ pub async fn run(
     // the kernel to end the child when the daemon dies (kill -9 included),
     // so a restarted daemon never finds an orphan still writing. The
     // spawning thread is a runtime worker that lives as long as the daemon.
+    let nice = spec.nice;
     #[cfg(target_os = "linux")]
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            if nice > 0 {
+                libc::nice(nice);
+            }
             Ok(())
         });
     }
