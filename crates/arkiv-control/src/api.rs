@@ -114,6 +114,11 @@ impl Api {
         let fail = |why: &str| {
             self.daemon.metrics.auth_failures.inc();
             let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+            // Addresses whose minute is over are forgotten, so addresses
+            // that fail once each cannot grow the map without bound.
+            if f.len() >= 4096 {
+                f.retain(|_, (since, _)| since.elapsed().as_secs() < 60);
+            }
             let e = f.entry(ip).or_insert((Instant::now(), 0));
             e.1 += 1;
             tracing::warn!(client = %ip, "API authentication failed: {why}");
@@ -488,6 +493,18 @@ async fn request_restore(
     }
     plain("snapshot", &r.snapshot)?;
     plain("target", &r.target)?;
+    // A `command:` target runs a shell command as the daemon's user: that
+    // is more than restoring, so the API does not offer it (the CLI does).
+    if r.target.trim_start().to_ascii_lowercase().starts_with("command:") {
+        return Err(bad_request(
+            "a command: restore target is refused through the API; run `arkiv restore` on the host",
+        ));
+    }
+    if crate::config::url_has_password(&r.target) {
+        return Err(bad_request(
+            "a password in the target URL: it would be kept in the run and the audit log; use the server's environment or password file",
+        ));
+    }
     let mut args = vec![r.snapshot.clone(), format!("--target={}", r.target)];
     for t in &r.tables {
         args.push(format!("--table={t}"));

@@ -56,6 +56,7 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX job_runs_job ON job_runs (job, id);
     CREATE INDEX job_runs_status ON job_runs (status);
+    CREATE INDEX job_runs_retry_of ON job_runs (retry_of);
     CREATE TABLE schedule_state (
         job TEXT PRIMARY KEY,
         last_due INTEGER NOT NULL
@@ -449,14 +450,17 @@ impl Catalog {
             .map_err(|e| self.sql(e))
     }
 
-    pub fn start_run(&self, id: i64, at: DateTime<Utc>, log_path: &Path) -> Result<()> {
-        self.conn()
+    /// Marks a queued run as running. False when it is no longer queued
+    /// (cancelled in the meantime): then it must not run.
+    pub fn start_run(&self, id: i64, at: DateTime<Utc>, log_path: &Path) -> Result<bool> {
+        let n = self
+            .conn()
             .execute(
-                "UPDATE job_runs SET status = 'running', started_at = ?2, log_path = ?3 WHERE id = ?1",
+                "UPDATE job_runs SET status = 'running', started_at = ?2, log_path = ?3 WHERE id = ?1 AND status = 'queued'",
                 params![id, ts(at), log_path.display().to_string()],
             )
             .map_err(|e| self.sql(e))?;
-        Ok(())
+        Ok(n == 1)
     }
 
     pub fn set_progress(&self, id: i64, progress: &str) -> Result<()> {
@@ -852,7 +856,8 @@ mod tests {
         let a = c.insert_run(&new_run("backup:shop"), Utc::now()).unwrap();
         let b = c.insert_run(&new_run("backup:shop"), Utc::now()).unwrap();
         assert_eq!(c.queued_runs().unwrap().len(), 2);
-        c.start_run(a.id, Utc::now(), Path::new("/tmp/log")).unwrap();
+        assert!(c.start_run(a.id, Utc::now(), Path::new("/tmp/log")).unwrap());
+        assert!(!c.start_run(a.id, Utc::now(), Path::new("/tmp/log")).unwrap(), "only a queued run starts");
         c.set_progress(a.id, "1 GiB read").unwrap();
         assert_eq!(c.run(a.id).unwrap().unwrap().progress.as_deref(), Some("1 GiB read"));
         assert!(c.cancel_queued(b.id, Utc::now(), "alice").unwrap());

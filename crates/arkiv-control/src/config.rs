@@ -799,7 +799,7 @@ fn inline_secret(text: &str) -> Option<(String, usize)> {
 
 /// Whether a URL carries a password in its user information
 /// (`scheme://user:password@host`).
-fn url_has_password(url: &str) -> bool {
+pub(crate) fn url_has_password(url: &str) -> bool {
     let Some((_, rest)) = url.split_once("://") else { return false };
     let authority = rest.split(['/', '?']).next().unwrap_or("");
     authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'))

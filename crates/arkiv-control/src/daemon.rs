@@ -38,10 +38,18 @@ pub enum DaemonError {
     Invalid(String),
 }
 
+/// The longest a status query (snapshots, stats, replication-status) may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Why a running job was told to stop.
+const CANCEL_USER: u8 = 1;
+const CANCEL_STOP: u8 = 2;
+
 struct Active {
     job: String,
     repository: String,
-    cancel: watch::Sender<bool>,
+    /// 0 while running; [`CANCEL_USER`] or [`CANCEL_STOP`] once told to stop.
+    cancel: watch::Sender<u8>,
 }
 
 #[derive(Default)]
@@ -61,6 +69,9 @@ pub struct Daemon {
     pub jobs: BTreeMap<String, JobDef>,
     log_dir: PathBuf,
     state: Mutex<State>,
+    /// Held from "is a run of this job pending?" to the insert, so that the
+    /// scheduler and API requests never queue a job twice.
+    enqueue: Mutex<()>,
     wake: Notify,
     stopping: AtomicBool,
     /// Set once the first scheduling pass is done: `/readyz`.
@@ -109,6 +120,7 @@ impl Daemon {
             jobs,
             log_dir,
             state: Mutex::new(State::default()),
+            enqueue: Mutex::new(()),
             wake: Notify::new(),
             stopping: AtomicBool::new(false),
             ready: AtomicBool::new(false),
@@ -136,10 +148,19 @@ impl Daemon {
 
     /// Users of the configuration file get their tokens (hashed) in the catalog.
     fn sync_tokens(&self) -> Result<(), DaemonError> {
-        let mut users = Vec::new();
+        let mut users: Vec<(String, String, String)> = Vec::new();
         for (name, u) in &self.config.users {
             let token = self.config.user_token(name).map_err(|e| DaemonError::Invalid(e.to_string()))?;
-            users.push((name.clone(), u.role.as_str().to_string(), crate::token::hash(&token)));
+            let hash = crate::token::hash(&token);
+            if let Some((other, _, _)) = users.iter().find(|(_, _, h)| *h == hash) {
+                return Err(DaemonError::Invalid(format!(
+                    "{}: users.{other} and users.{name} have the same token ({} and {}): each user needs its own",
+                    self.config.path,
+                    self.config.users[other].token_file.display(),
+                    u.token_file.display()
+                )));
+            }
+            users.push((name.clone(), u.role.as_str().to_string(), hash));
         }
         self.catalog.sync_config_tokens(&users, self.now())?;
         Ok(())
@@ -150,7 +171,7 @@ impl Daemon {
     fn load_metrics_from_history(&self) -> Result<(), DaemonError> {
         for name in self.config.sources.keys() {
             let job = JobDef::name_of(JobKind::Backup, name);
-            if let Some(r) = self.catalog.last_run(&job, &[RunStatus::Succeeded])? {
+            if let Some(r) = self.catalog.last_run(&job, &[RunStatus::Succeeded, RunStatus::Partial])? {
                 if let Some(end) = r.ended_at {
                     self.metrics
                         .backup_last_success
@@ -173,6 +194,10 @@ impl Daemon {
         let dead = self.catalog.mark_interrupted(now, "the daemon stopped while it ran")?;
         for r in &dead {
             tracing::warn!(run = r.id, job = %r.job, "run was interrupted by the daemon's stop; queued again");
+            self.metrics
+                .job_runs
+                .get_or_create(&JobStatusLabel { job: r.job.clone(), status: RunStatus::Interrupted.as_str().into() })
+                .inc();
         }
         let mut queued = Vec::new();
         for r in self.catalog.interrupted_not_requeued()? {
@@ -201,7 +226,10 @@ impl Daemon {
             let Some(s) = &def.schedule else { continue };
             let last = self.catalog.last_due(&def.name)?;
             if let Some(last) = last {
-                if s.catch_up && s.missed_since(last, now) && !queued.iter().any(|r| r.job == def.name) {
+                // Not when a run of it is already queued (requeued above, or
+                // one that was waiting for its window or a slot).
+                let waiting = self.catalog.queued_runs()?.iter().any(|r| r.job == def.name);
+                if s.catch_up && s.missed_since(last, now) && !waiting {
                     tracing::info!(job = %def.name, "catching up a run missed while the daemon was down");
                     queued.push(self.insert_scheduled(def, s, now, "catch-up")?);
                     self.catalog.set_last_due(&def.name, now)?;
@@ -273,6 +301,7 @@ impl Daemon {
     /// previous run is still queued or running is not queued twice; the
     /// occurrence is counted as done.
     pub fn plan(&self, now: DateTime<Utc>) -> Result<Vec<Run>, DaemonError> {
+        let _enqueue = self.enqueue.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
         let due: Vec<(String, DateTime<Utc>)> = {
             let state = self.state();
@@ -412,6 +441,7 @@ impl Daemon {
         if self.is_stopping() {
             return Err(DaemonError::Conflict("the daemon is stopping".into()));
         }
+        let _enqueue = self.enqueue.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = self.pending(job)? {
             return Err(DaemonError::Conflict(format!("job {job} already has run {} {}", r.id, r.status.as_str())));
         }
@@ -447,12 +477,19 @@ impl Daemon {
                 if !self.catalog.cancel_queued(id, self.now(), by)? {
                     return Err(DaemonError::Conflict(format!("run {id} has just started; cancel it again")));
                 }
+                self.metrics
+                    .job_runs
+                    .get_or_create(&JobStatusLabel {
+                        job: run.job.clone(),
+                        status: RunStatus::Cancelled.as_str().into(),
+                    })
+                    .inc();
             }
             RunStatus::Running => {
                 let state = self.state();
                 let a =
                     state.running.get(&id).ok_or_else(|| DaemonError::Conflict(format!("run {id} is finishing")))?;
-                let _ = a.cancel.send(true);
+                let _ = a.cancel.send(CANCEL_USER);
             }
             s => return Err(DaemonError::Conflict(format!("run {id} is already {}", s.as_str()))),
         }
@@ -460,7 +497,7 @@ impl Daemon {
     }
 
     fn start(self: &Arc<Self>, run: Run) {
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = watch::channel(0u8);
         let repository = self.repository_of(&run);
         self.state().running.insert(run.id, Active { job: run.job.clone(), repository, cancel: tx });
         let d = self.clone();
@@ -475,13 +512,17 @@ impl Daemon {
         });
     }
 
-    async fn execute(self: Arc<Self>, run: Run, cancel: watch::Receiver<bool>) -> Result<(), DaemonError> {
+    async fn execute(self: Arc<Self>, run: Run, cancel: watch::Receiver<u8>) -> Result<(), DaemonError> {
+        let reason = cancel.clone();
         let kind =
             JobKind::parse(&run.kind).ok_or_else(|| DaemonError::Invalid(format!("unknown kind {}", run.kind)))?;
         let policy = self.jobs.get(&run.job).map(|d| d.policy(&self.config.daemon.timezone));
         let log = self.log_dir.join(format!("{}.log", run.id));
         let started = self.now();
-        self.catalog.start_run(run.id, started, &log)?;
+        if !self.catalog.start_run(run.id, started, &log)? {
+            tracing::info!(run = run.id, job = %run.job, "cancelled before it started");
+            return Ok(());
+        }
         tracing::info!(run = run.id, job = %run.job, trigger = %run.trigger, attempt = run.attempt, "job started");
         let args = match jobs::argv(&self.config_path, &self.config, kind, &run.target, &run.args) {
             Ok(a) => a,
@@ -501,17 +542,15 @@ impl Daemon {
         let spec = runner::ChildSpec { exe: &self.exe, args: &args, log, timeout, nice: self.config.daemon.job_nice };
         let end = runner::run(spec, cancel, catalog_progress).await;
         let (status, mut outcome) = match end {
-            Err(e) => (
-                RunStatus::Failed,
-                Outcome { error: Some(format!("could not start {}: {e}", self.exe.display())), ..Default::default() },
-            ),
+            Err(e) => (RunStatus::Failed, Outcome { error: Some(e.to_string()), ..Default::default() }),
             Ok(end) => {
                 let mut o = jobs::parse_outcome(&end.stdout);
                 // Killed by a signal while the daemon stops: the service
                 // manager signalled the whole group (systemd's default
                 // KillMode); the run did not fail, it was cut short.
                 let stopped_under_it = self.is_stopping() && end.code.is_none();
-                let status = if (end.cancelled || stopped_under_it) && self.is_stopping() {
+                let by_stop = *reason.borrow() == CANCEL_STOP;
+                let status = if (end.cancelled && by_stop) || (!end.cancelled && stopped_under_it) {
                     o.error = Some("the daemon stopped before the run finished (shutdown grace period over)".into());
                     RunStatus::Interrupted
                 } else if end.cancelled {
@@ -589,6 +628,11 @@ impl Daemon {
     fn finish(&self, run: &Run, status: RunStatus, started: DateTime<Utc>, o: Outcome) -> Result<(), DaemonError> {
         let ended = self.now();
         self.catalog.finish_run(run.id, status, ended, &o)?;
+        // The slot is free as soon as the run is recorded, not after the
+        // follow-up work (listing snapshots, replication status) is done.
+        self.state().running.remove(&run.id);
+        let _ = self.update_queue_metrics();
+        self.wake.notify_one();
         let level_error = matches!(status, RunStatus::Failed);
         if level_error {
             tracing::error!(run = run.id, job = %run.job, error = o.error.as_deref().unwrap_or(""), "job failed");
@@ -648,6 +692,7 @@ impl Daemon {
 
     /// Queues a run the daemon itself asks for (replication after a backup).
     fn request_internal(&self, job: &str) -> Result<Run, DaemonError> {
+        let _enqueue = self.enqueue.lock().unwrap_or_else(|e| e.into_inner());
         // A replication already running may have listed its snapshots
         // before this backup ended: one more is queued behind it. One
         // queued is enough, whatever number of backups end meanwhile.
@@ -688,12 +733,12 @@ impl Daemon {
         for v in runner::OVERRIDES {
             cmd.env_remove(v);
         }
-        let out = cmd
-            .args(&full)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output()
+        let running = cmd.args(&full).stdin(std::process::Stdio::null()).kill_on_drop(true).output();
+        // A hung storage must not hold the daemon: the child is killed when
+        // the timeout drops it.
+        let out = tokio::time::timeout(QUERY_TIMEOUT, running)
             .await
+            .map_err(|_| format!("arkiv {} took more than {}s", full.join(" "), QUERY_TIMEOUT.as_secs()))?
             .map_err(|e| format!("{}: {e}", self.exe.display()))?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
@@ -845,7 +890,7 @@ impl Daemon {
                 if !told {
                     tracing::warn!(running, "shutdown grace period over: stopping the running jobs");
                     for a in self.state().running.values() {
-                        let _ = a.cancel.send(true);
+                        let _ = a.cancel.send(CANCEL_STOP);
                     }
                     told = true;
                 }
@@ -950,6 +995,41 @@ mod tests {
             [("backup:s", "catch-up")]
         );
         assert_eq!(d.next_due("backup:t"), Some(at("2026-03-06T02:00:00Z")));
+    }
+
+    #[test]
+    fn no_catch_up_when_a_run_of_the_job_is_already_queued() {
+        let f = fixture("[sources.s]\npaths = ['/x']\nrepository = 'a'\nschedule = { cron = '0 2 * * *', not_before = '02:00', not_after = '03:00' }\n", "2026-03-05T09:00:00Z");
+        let d = &f.daemon;
+        d.catalog.set_last_due("backup:s", at("2026-03-02T02:00:00Z")).unwrap();
+        // A run that waits for its window survived the restart.
+        let waiting = NewRun {
+            job: "backup:s".into(),
+            kind: "backup".into(),
+            target: "s".into(),
+            trigger: "schedule".into(),
+            requested_by: None,
+            attempt: 1,
+            priority: 0,
+            args: vec![],
+            not_before: at("2026-03-06T02:00:00Z"),
+            retry_of: None,
+        };
+        d.catalog.insert_run(&waiting, d.now()).unwrap();
+        assert!(d.recover().unwrap().is_empty());
+        assert_eq!(d.catalog.queued_runs().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_run_cancelled_while_queued_does_not_start() {
+        let f = fixture("[sources.s]\npaths = ['/x']\nrepository = 'a'\n", "2026-03-01T10:00:00Z");
+        let d = &f.daemon;
+        let r = d.request("backup:s", vec![], "alice").unwrap();
+        // The dispatcher picked it, then the cancel came first.
+        assert_eq!(d.runnable(d.now()).unwrap()[0].id, r.id);
+        d.cancel(r.id, "bob").unwrap();
+        assert!(!d.catalog.start_run(r.id, d.now(), Path::new("/dev/null")).unwrap());
+        assert_eq!(d.catalog.run(r.id).unwrap().unwrap().status, RunStatus::Cancelled);
     }
 
     #[test]

@@ -69,11 +69,12 @@ const KILL_AFTER: Duration = Duration::from_secs(10);
 
 pub async fn run(
     spec: ChildSpec<'_>,
-    mut cancel: watch::Receiver<bool>,
+    mut cancel: watch::Receiver<u8>,
     on_progress: impl Fn(&str) + Send,
 ) -> std::io::Result<ChildEnd> {
-    let mut log = tokio::fs::OpenOptions::new().create(true).append(true).open(&spec.log).await?;
-    log.write_all(format!("$ arkiv {}\n", spec.args.join(" ")).as_bytes()).await?;
+    let log_error = |e: std::io::Error| std::io::Error::new(e.kind(), format!("job log {}: {e}", spec.log.display()));
+    let mut log = tokio::fs::OpenOptions::new().create(true).append(true).open(&spec.log).await.map_err(log_error)?;
+    log.write_all(format!("$ arkiv {}\n", spec.args.join(" ")).as_bytes()).await.map_err(log_error)?;
     let mut cmd = Command::new(spec.exe);
     for v in OVERRIDES {
         cmd.env_remove(v);
@@ -91,17 +92,24 @@ pub async fn run(
     // so a restarted daemon never finds an orphan still writing. The
     // spawning thread is a runtime worker that lives as long as the daemon.
     let nice = spec.nice;
+    let daemon = std::process::id() as libc::pid_t;
     #[cfg(target_os = "linux")]
     unsafe {
         cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            // The daemon may have died between fork and prctl: then no
+            // signal would ever come.
+            if libc::getppid() != daemon {
+                return Err(std::io::Error::other("the daemon exited"));
+            }
             if nice > 0 {
                 libc::nice(nice);
             }
             Ok(())
         });
     }
-    let mut child = cmd.spawn()?;
+    let mut child =
+        cmd.spawn().map_err(|e| std::io::Error::new(e.kind(), format!("starting {}: {e}", spec.exe.display())))?;
     let pid = child.id().map(|p| p as i32);
     let mut stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
@@ -149,7 +157,7 @@ pub async fn run(
             },
             status = child.wait() => break status?,
             _ = cancel.changed(), if !cancelled => {
-                if *cancel.borrow() {
+                if *cancel.borrow() != 0 {
                     cancelled = true;
                     signal(libc::SIGTERM);
                     killed_at = Some(tokio::time::Instant::now());

@@ -31,13 +31,25 @@ fn limit_mmap_threshold() {
 /// A job of the daemon runs in a process group of its own, which it leads.
 /// SIGTERM reaches it alone when the daemon dies (the kernel's parent-death
 /// signal); the dump tools and commands it started must not outlive it and
-/// run twice beside the job the restarted daemon queues again, so the
+/// run twice beside the job the restarted daemon queues again, so then the
 /// handler ends the whole group, itself included.
 fn end_group_on_sigterm() {
+    static PARENT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+    // SAFETY: getppid cannot fail.
+    PARENT.store(unsafe { libc::getppid() }, std::sync::atomic::Ordering::Relaxed);
     extern "C" fn handler(_: libc::c_int) {
-        // SAFETY: kill is async-signal-safe; 0 names the caller's group.
+        // SAFETY: getppid, kill, signal and raise are async-signal-safe.
         unsafe {
-            libc::kill(0, libc::SIGKILL);
+            if libc::getppid() != PARENT.load(std::sync::atomic::Ordering::Relaxed) {
+                // The daemon is gone: end the whole group, tools included.
+                libc::kill(0, libc::SIGKILL);
+            } else {
+                // The daemon itself asked (cancel, timeout, end of the
+                // grace period): it signals the whole group and follows
+                // with SIGKILL after 10 s; end as SIGTERM always did.
+                libc::signal(libc::SIGTERM, libc::SIG_DFL);
+                libc::raise(libc::SIGTERM);
+            }
         }
     }
     // SAFETY: installing a handler that only calls an async-signal-safe function.

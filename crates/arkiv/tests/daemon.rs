@@ -809,6 +809,19 @@ fn malformed_requests_get_one_line_json_errors_and_change_nothing() {
             404,
             "nope",
         ),
+        // A command target would run a shell command as the daemon's user.
+        (
+            "/v1/restores",
+            json!({ "repository": "main", "snapshot": "latest", "target": "command:id > /tmp/pwned" }).to_string(),
+            400,
+            "command: restore target is refused",
+        ),
+        (
+            "/v1/restores",
+            json!({ "repository": "main", "snapshot": "latest", "target": "postgres://app:secret@db/x" }).to_string(),
+            400,
+            "password in the target URL",
+        ),
         (
             "/v1/restores",
             json!({ "repository": "main", "snapshot": "latest", "target": target, "force": true }).to_string(),
