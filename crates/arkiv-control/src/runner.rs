@@ -60,7 +60,7 @@ pub const OVERRIDES: [&str; 16] = [
 ];
 
 /// Set for a job: the binary then ends its whole process group (the dump
-/// tools it started included) when it receives SIGTERM, which is what the
+/// tools it started included) when it receives SIGUSR1, which is what the
 /// kernel sends it when the daemon dies (see `PR_SET_PDEATHSIG` below).
 pub const JOB_GROUP_ENV: &str = "ARKIV_JOB_GROUP";
 
@@ -96,7 +96,7 @@ pub async fn run(
     #[cfg(target_os = "linux")]
     unsafe {
         cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR1);
             // The daemon may have died between fork and prctl: then no
             // signal would ever come.
             if libc::getppid() != daemon {

@@ -29,32 +29,26 @@ fn limit_mmap_threshold() {
 }
 
 /// A job of the daemon runs in a process group of its own, which it leads.
-/// SIGTERM reaches it alone when the daemon dies (the kernel's parent-death
-/// signal); the dump tools and commands it started must not outlive it and
-/// run twice beside the job the restarted daemon queues again, so then the
-/// handler ends the whole group, itself included.
-fn end_group_on_sigterm() {
-    static PARENT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
-    // SAFETY: getppid cannot fail.
-    PARENT.store(unsafe { libc::getppid() }, std::sync::atomic::Ordering::Relaxed);
+/// When the daemon dies the kernel sends it SIGUSR1 (its parent-death
+/// signal, set by the daemon); the dump tools and commands it started must
+/// not outlive it and run twice beside the job the restarted daemon queues
+/// again, so the handler ends the whole group, itself included. SIGTERM —
+/// the daemon's own cancel, timeout or end of grace, sent to the whole
+/// group and followed by SIGKILL 10 s later — keeps its default action.
+/// A signal of its own is needed because the kernel sends the parent-death
+/// signal when the daemon's spawning thread exits, before the child is
+/// seen to have a new parent, so the handler cannot tell the two apart by
+/// `getppid`.
+fn end_group_when_the_daemon_dies() {
     extern "C" fn handler(_: libc::c_int) {
-        // SAFETY: getppid, kill, signal and raise are async-signal-safe.
+        // SAFETY: kill is async-signal-safe; 0 names the caller's group.
         unsafe {
-            if libc::getppid() != PARENT.load(std::sync::atomic::Ordering::Relaxed) {
-                // The daemon is gone: end the whole group, tools included.
-                libc::kill(0, libc::SIGKILL);
-            } else {
-                // The daemon itself asked (cancel, timeout, end of the
-                // grace period): it signals the whole group and follows
-                // with SIGKILL after 10 s; end as SIGTERM always did.
-                libc::signal(libc::SIGTERM, libc::SIG_DFL);
-                libc::raise(libc::SIGTERM);
-            }
+            libc::kill(0, libc::SIGKILL);
         }
     }
     // SAFETY: installing a handler that only calls an async-signal-safe function.
     unsafe {
-        libc::signal(libc::SIGTERM, handler as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        libc::signal(libc::SIGUSR1, handler as extern "C" fn(libc::c_int) as libc::sighandler_t);
     }
 }
 
@@ -89,7 +83,7 @@ fn main() -> ExitCode {
     }
     limit_mmap_threshold();
     if std::env::var_os("ARKIV_JOB_GROUP").is_some() {
-        end_group_on_sigterm();
+        end_group_when_the_daemon_dies();
     }
     // Parsing may exit (--help, bad usage): before anything to clean up.
     let cli = cli::Cli::parse();
