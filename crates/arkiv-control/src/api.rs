@@ -427,7 +427,7 @@ async fn get_job(State(api): State<AppState>, _: Viewer, Path(id): Path<i64>) ->
     responses((status = 200, body = String, content_type = "text/plain"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_job_log(State(api): State<AppState>, _: Viewer, Path(id): Path<i64>) -> Result<Response, ApiError> {
     let run = api.daemon.catalog.run(id)?.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {id}")))?;
-    let Some(path) = api.daemon.log_path(&run) else {
+    let Some(path) = run.log_path else {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("run {id} has not started: no log yet")));
     };
     let bytes = tokio::fs::read(&path)
@@ -621,12 +621,7 @@ async fn create_token(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<NewToken>), ApiError> {
     let r: TokenRequest = parse_body(body)?;
-    if r.name.is_empty()
-        || r.name.len() > 64
-        || !r.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
-    {
-        return Err(bad_request("a token name is 1-64 letters, digits and -_.@"));
-    }
+    crate::token::check_name(&r.name).map_err(bad_request)?;
     let token = crate::token::generate();
     api.daemon
         .catalog

@@ -203,6 +203,43 @@ pub struct NewRun {
     pub retry_of: Option<i64>,
 }
 
+impl NewRun {
+    /// A first attempt of `job`, with no arguments and no requester.
+    pub fn first(
+        job: &str,
+        kind: &str,
+        target: &str,
+        trigger: &str,
+        priority: i32,
+        not_before: DateTime<Utc>,
+    ) -> NewRun {
+        NewRun {
+            job: job.into(),
+            kind: kind.into(),
+            target: target.into(),
+            trigger: trigger.into(),
+            requested_by: None,
+            attempt: 1,
+            priority,
+            args: Vec::new(),
+            not_before,
+            retry_of: None,
+        }
+    }
+
+    /// `run` once more (a retry, or after an interruption): same job,
+    /// target, requester, priority and arguments.
+    pub fn again(run: &Run, trigger: &str, attempt: u32, not_before: DateTime<Utc>) -> NewRun {
+        NewRun {
+            requested_by: run.requested_by.clone(),
+            args: run.args.clone(),
+            attempt,
+            retry_of: Some(run.id),
+            ..NewRun::first(&run.job, &run.kind, &run.target, trigger, run.priority, not_before)
+        }
+    }
+}
+
 /// What a finished run produced.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
@@ -530,6 +567,14 @@ impl Catalog {
     /// Runs waiting to start, oldest first.
     pub fn queued_runs(&self) -> Result<Vec<Run>> {
         self.rows(&format!("SELECT {RUN_COLUMNS} FROM job_runs WHERE status = 'queued' ORDER BY id"), [], run_from_row)
+    }
+
+    /// How many runs wait to start (the queue gauge, every second).
+    pub fn count_queued(&self) -> Result<usize> {
+        self.conn()
+            .query_row("SELECT count(*) FROM job_runs WHERE status = 'queued'", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as usize)
+            .map_err(|e| self.sql(e))
     }
 
     /// Marks every run still recorded as running as interrupted (the daemon

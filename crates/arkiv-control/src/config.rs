@@ -526,7 +526,7 @@ impl Config {
                 let key = format!("repositories.{name}.check");
                 self.check_schedule(&format!("{key}.schedule"), c.schedule.as_ref())?;
                 self.check_schedule(&format!("{key}.read_data_schedule"), c.read_data_schedule.as_ref())?;
-                if subset_fraction(&c.read_data_subset).is_none() {
+                if !is_subset(&c.read_data_subset) {
                     return Err(self.invalid_at(
                         &format!("{key}.read_data_subset"),
                         format!(
@@ -797,43 +797,23 @@ fn inline_secret(text: &str) -> Option<(String, usize)> {
     None
 }
 
-/// Whether a URL carries a password in its user information
-/// (`scheme://user:password@host`).
+/// Whether a URL carries a password (user information or a `password=`
+/// query value), as every source decides it.
 pub(crate) fn url_has_password(url: &str) -> bool {
-    let Some((_, rest)) = url.split_once("://") else { return false };
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'))
+    arkiv_source::spec::carries_password(url)
 }
 
-/// A read-data subset as `check --read-data-subset` reads it: `N%`, a
-/// fraction, or `n/m`; in (0, 1].
-fn subset_fraction(s: &str) -> Option<f64> {
-    let f = if let Some(p) = s.strip_suffix('%') {
-        p.trim().parse::<f64>().ok()? / 100.0
-    } else if let Some((n, m)) = s.split_once('/') {
-        let (n, m): (f64, f64) = (n.trim().parse().ok()?, m.trim().parse().ok()?);
-        if m == 0.0 {
-            return None;
-        }
-        n / m
-    } else {
-        s.trim().parse::<f64>().ok()?
-    };
-    (f > 0.0 && f <= 1.0).then_some(f)
+/// A read-data subset `check --read-data-subset` accepts.
+fn is_subset(s: &str) -> bool {
+    arkiv_repo::check::ReadData::parse_subset(s).is_ok()
 }
 
-/// Checks a duration in restic's units (`30d`, `1y2m`, `24h`), which
-/// retention uses; the repository parses it again when the job runs.
+/// Checks a duration in restic's units (`30d`, `1y2m`, `24h`) with the
+/// parser retention itself uses.
 fn check_restic_duration(s: &str) -> Result<(), String> {
-    let ok = !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_digit() || "ymwdhs".contains(c))
-        && s.chars().next().is_some_and(|c| c.is_ascii_digit())
-        && s.chars().last().is_some_and(|c| !c.is_ascii_digit());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("'{s}' is not a duration such as 30d, 12h or 1y2m (m = months)"))
-    }
+    arkiv_repo::retention::parse_duration(s)
+        .map(|_| ())
+        .map_err(|_| format!("'{s}' is not a duration such as 30d, 12h or 1y2m (m = months)"))
 }
 
 /// The line (1-based) that sets `key`, a dotted path: the line of its own
@@ -998,9 +978,8 @@ options = { only = "schema", "exclude-table" = ["a b", "c"] }
             assert!(e.contains(expected), "{extra}: {e}");
             assert!(!e.contains("pw@"), "{e}");
         }
-        assert_eq!(subset_fraction("1/7"), Some(1.0 / 7.0));
-        assert_eq!(subset_fraction("0.5"), Some(0.5));
-        assert_eq!(subset_fraction("150%"), None);
+        assert!(is_subset("1/7") && is_subset("0.5"));
+        assert!(!is_subset("150%"));
     }
 
     #[test]

@@ -206,21 +206,9 @@ impl Daemon {
                 // decides whether to run it again.
                 continue;
             }
-            let n = NewRun {
-                job: r.job.clone(),
-                kind: r.kind.clone(),
-                target: r.target.clone(),
-                trigger: "reschedule".into(),
-                requested_by: r.requested_by.clone(),
-                attempt: r.attempt,
-                priority: r.priority,
-                args: r.args.clone(),
-                not_before: now,
-                retry_of: Some(r.id),
-            };
+            let n = NewRun::again(&r, "reschedule", r.attempt, now);
             queued.push(self.catalog.insert_run(&n, now)?);
         }
-        let tz = self.config.daemon.timezone.clone();
         let mut state = self.state();
         for def in self.jobs.values() {
             let Some(s) = &def.schedule else { continue };
@@ -246,7 +234,6 @@ impl Daemon {
             }
         }
         drop(state);
-        let _ = tz;
         let _ = audit::append(
             &self.catalog,
             "daemon",
@@ -269,18 +256,8 @@ impl Daemon {
         trigger: &str,
     ) -> Result<Run, DaemonError> {
         let jitter = chrono::Duration::from_std(s.jitter_delay()).unwrap_or_default();
-        let n = NewRun {
-            job: def.name.clone(),
-            kind: def.kind.as_str().into(),
-            target: def.target.clone(),
-            trigger: trigger.into(),
-            requested_by: None,
-            attempt: 1,
-            priority: s.priority,
-            args: Vec::new(),
-            not_before: s.into_window(due + jitter),
-            retry_of: None,
-        };
+        let n =
+            NewRun::first(&def.name, def.kind.as_str(), &def.target, trigger, s.priority, s.into_window(due + jitter));
         Ok(self.catalog.insert_run(&n, self.now())?)
     }
 
@@ -395,7 +372,7 @@ impl Daemon {
     }
 
     fn update_queue_metrics(&self) -> Result<(), DaemonError> {
-        let queued = self.catalog.queued_runs()?.len();
+        let queued = self.catalog.count_queued()?;
         self.metrics.jobs_queued.set(queued as i64);
         self.metrics.jobs_running.set(self.state().running.len() as i64);
         Ok(())
@@ -452,16 +429,9 @@ impl Daemon {
         let now = self.now();
         let run = self.catalog.insert_run(
             &NewRun {
-                job: job.into(),
-                kind: kind.as_str().into(),
-                target,
-                trigger: "api".into(),
                 requested_by: Some(by.into()),
-                attempt: 1,
-                priority,
                 args,
-                not_before: now,
-                retry_of: None,
+                ..NewRun::first(job, kind.as_str(), &target, "api", priority, now)
             },
             now,
         )?;
@@ -589,18 +559,12 @@ impl Daemon {
                     let wait = p.retry_delay(run.attempt);
                     let now = self.now();
                     let retry = self.catalog.insert_run(
-                        &NewRun {
-                            job: run.job.clone(),
-                            kind: run.kind.clone(),
-                            target: run.target.clone(),
-                            trigger: "retry".into(),
-                            requested_by: run.requested_by.clone(),
-                            attempt: run.attempt + 1,
-                            priority: run.priority,
-                            args: run.args.clone(),
-                            not_before: now + chrono::Duration::from_std(wait).unwrap_or_default(),
-                            retry_of: Some(run.id),
-                        },
+                        &NewRun::again(
+                            &run,
+                            "retry",
+                            run.attempt + 1,
+                            now + chrono::Duration::from_std(wait).unwrap_or_default(),
+                        ),
                         now,
                     )?;
                     tracing::info!(run = run.id, retry = retry.id, wait = ?wait, "job failed; retry queued");
@@ -702,18 +666,14 @@ impl Daemon {
         let def = self.jobs.get(job).ok_or_else(|| DaemonError::NotFound(job.into()))?;
         let now = self.now();
         let run = self.catalog.insert_run(
-            &NewRun {
-                job: job.into(),
-                kind: def.kind.as_str().into(),
-                target: def.target.clone(),
-                trigger: "after-backup".into(),
-                requested_by: None,
-                attempt: 1,
-                priority: def.schedule.as_ref().map(|s| s.priority).unwrap_or(0),
-                args: Vec::new(),
-                not_before: now,
-                retry_of: None,
-            },
+            &NewRun::first(
+                job,
+                def.kind.as_str(),
+                &def.target,
+                "after-backup",
+                def.schedule.as_ref().map(|s| s.priority).unwrap_or(0),
+                now,
+            ),
             now,
         )?;
         self.wake.notify_one();
@@ -901,10 +861,6 @@ impl Daemon {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let _ = audit::append(&self.catalog, "daemon", "daemon.stop", &self.config.path, &json!({}));
-    }
-
-    pub fn log_path(&self, run: &Run) -> Option<PathBuf> {
-        run.log_path.clone()
     }
 }
 

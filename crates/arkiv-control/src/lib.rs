@@ -5,7 +5,9 @@
 //! Alerts, drills and reports, not built yet, are to be built on the same
 //! catalog.
 //!
-//! It must not know how data is stored or dumped: it names repositories
+//! It must not know how data is stored or dumped (it borrows only
+//! `arkiv-repo`'s parsers of retention durations and check subsets, so
+//! the file accepts exactly what the commands do): it names repositories
 //! and sources, and runs jobs as the `arkiv` binary's own commands
 //! (`jobs.rs` says why), reading their `--json` output.
 

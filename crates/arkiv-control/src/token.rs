@@ -8,6 +8,17 @@ use sha2::{Digest, Sha256};
 
 pub const PREFIX: &str = "arkiv_";
 
+/// The names tokens may have (they appear in the audit log and in URLs).
+pub fn check_name(name: &str) -> Result<(), &'static str> {
+    let ok =
+        !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err("a token name is 1-64 letters, digits and -_.@")
+    }
+}
+
 /// A new token.
 pub fn generate() -> String {
     let bytes: [u8; 32] = rand::random();

@@ -53,6 +53,12 @@ fn secrets_in(spec: &str) -> Vec<String> {
     out
 }
 
+/// Whether `spec` carries a password (see [`secrets_in`]): the
+/// configuration file refuses such URLs before any source sees them.
+pub fn carries_password(spec: &str) -> bool {
+    !secrets_in(spec).is_empty()
+}
+
 /// `r` with any password of `spec` blanked out of its error.
 fn scrubbed<T>(spec: &str, r: Result<T>) -> Result<T> {
     let secrets = secrets_in(spec);

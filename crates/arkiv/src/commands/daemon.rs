@@ -84,12 +84,7 @@ pub fn token(g: &Global, config: Option<&Config>, cmd: TokenCommand) -> Result<E
     let now = chrono::Utc::now();
     match cmd {
         TokenCommand::Create { name, role } => {
-            if name.is_empty()
-                || name.len() > 64
-                || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.@".contains(ch))
-            {
-                bail!(crate::Usage("a token name is 1-64 letters, digits and -_.@".into()));
-            }
+            arkiv_control::token::check_name(&name).map_err(|e| crate::Usage(e.into()))?;
             let token = arkiv_control::token::generate();
             cat.create_token(&name, &role, &arkiv_control::token::hash(&token), "cli", now)?;
             audit::append(&cat, "cli", "token.create", &name, &serde_json::json!({ "role": role }))?;
