@@ -89,11 +89,15 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     // Still one thread: this sets the environment.
     let ssh = ssh_control::SshControl::isolate();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    if filter.max_level_hint() == Some(tracing_subscriber::filter::LevelFilter::TRACE) {
+        // The FTP client logs every command it sends at trace level, the
+        // password (`PASS …`) included: capped at debug whatever RUST_LOG asks.
+        filter = filter.add_directive("suppaftp=debug".parse().expect("a valid directive"));
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()

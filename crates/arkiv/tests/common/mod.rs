@@ -18,8 +18,10 @@ use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 
+pub mod ftp;
 pub mod garage;
 pub mod sftp;
+pub mod webdav;
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
