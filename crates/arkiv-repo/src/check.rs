@@ -222,7 +222,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
     // two whole packs at once cost 16 MiB more peak memory for no speed.
     to_read.iter().for_each(|(id, (salt, entries))| {
         let name = id.to_hex();
-        match repo.backend().read(crate::writer::pack_kind(entries), &name) {
+        match repo.backend().read_stored(crate::writer::pack_kind(entries), &name) {
             Ok(bytes) => {
                 progress.bytes_read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 for e in verify_pack(repo, id, salt, &bytes, entries) {

@@ -73,7 +73,7 @@ impl Copier<'_> {
                 let missing: Vec<Id> = node.content.iter().filter(|c| !self.writer.has_blob(c)).copied().collect();
                 let failure = std::sync::Mutex::new(None);
                 self.src.for_each_blob(&missing, |bid, data| {
-                    let r = data.and_then(|d| self.writer.save_with_id(BlobType::Data, bid, &d).map(|_| ()));
+                    let r = data.and_then(|d| self.writer.save_with_id(BlobType::Data, bid, d).map(|_| ()));
                     if let Err(e) = r {
                         failure.lock().unwrap().get_or_insert(e);
                     }

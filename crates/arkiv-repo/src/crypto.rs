@@ -186,13 +186,19 @@ impl ObjectCipher {
     /// Decrypts and authenticates; `None` when the ciphertext, tag, nonce or
     /// associated data do not match.
     pub fn open(&self, nonce: &[u8; 12], aad: &[u8], ciphertext: &[u8]) -> Option<Vec<u8>> {
-        if ciphertext.len() < TAG_LEN {
-            return None;
-        }
         let mut buf = ciphertext.to_vec();
-        let len = self.0.open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), &mut buf).ok()?.len();
+        let len = self.open_in_place(nonce, aad, &mut buf)?;
         buf.truncate(len);
         Some(buf)
+    }
+
+    /// Decrypts `buf` (ciphertext and tag) in place; the plaintext is the
+    /// first returned-length bytes. `None` as for [`Self::open`].
+    pub fn open_in_place(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut [u8]) -> Option<usize> {
+        if buf.len() < TAG_LEN {
+            return None;
+        }
+        Some(self.0.open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), buf).ok()?.len())
     }
 }
 

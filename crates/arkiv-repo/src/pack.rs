@@ -203,6 +203,12 @@ pub fn read_header(key: &MasterKey, object: &str, pack: &[u8]) -> Result<([u8; S
     Ok((salt, entries))
 }
 
+thread_local! {
+    /// [`open_blob`]'s decryption buffer and decompression context.
+    static OPEN_SCRATCH: std::cell::RefCell<(Vec<u8>, Option<zstd::bulk::Decompressor<'static>>)> =
+        const { std::cell::RefCell::new((Vec::new(), None)) };
+}
+
 /// Decrypts one blob's ciphertext, decompresses it and checks that its
 /// keyed hash is the id it was stored under: the end-to-end verification
 /// every restore and `check --read-data` relies on.
@@ -213,22 +219,60 @@ pub fn open_blob(
     ciphertext: &[u8],
     object: &str,
 ) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    open_blob_into(key, cipher, entry, ciphertext, object, &mut out)?;
+    Ok(out)
+}
+
+/// [`open_blob`] into `out` (replacing what it held), so that a loop over
+/// many blobs can reuse one buffer: a restore opens a gigabyte of blobs,
+/// and faulting in a fresh allocation for each cost more than decompressing.
+pub fn open_blob_into(
+    key: &MasterKey,
+    cipher: &ObjectCipher,
+    entry: &PackEntry,
+    ciphertext: &[u8],
+    object: &str,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let what = || format!("blob {} in pack {}", entry.id, object);
-    let stored = cipher
-        .open(&offset_nonce(entry.offset as u64), &[], ciphertext)
-        .ok_or_else(|| Error::corrupt(what(), "authentication failed"))?;
-    let plain = if entry.compressed {
-        let mut out = Vec::with_capacity(entry.raw_length as usize);
-        zstd::stream::copy_decode(&stored[..], &mut out)
-            .map_err(|e| Error::corrupt(what(), format!("decompression failed: {e}")))?;
-        out
+    let nonce = offset_nonce(entry.offset as u64);
+    let auth_failed = || Error::corrupt(what(), "authentication failed");
+    out.clear();
+    if entry.compressed {
+        // Decrypted into a per-thread buffer and decompressed by a
+        // per-thread context: a restore opens thousands of blobs per
+        // thread, and a fresh zstd context and intermediate buffer for each
+        // showed up as a tenth of its time.
+        OPEN_SCRATCH.with(|cell| {
+            let (stored, dctx) = &mut *cell.borrow_mut();
+            stored.clear();
+            stored.extend_from_slice(ciphertext);
+            let n = cipher.open_in_place(&nonce, &[], stored).ok_or_else(auth_failed)?;
+            let dctx = match dctx {
+                Some(d) => d,
+                None => dctx.insert(
+                    zstd::bulk::Decompressor::new()
+                        .map_err(|e| Error::corrupt(what(), format!("decompression failed: {e}")))?,
+                ),
+            };
+            // Decompression stops at the buffer's capacity, so a blob that
+            // claims to expand without bound cannot grow it past what the
+            // index recorded (or a larger buffer already held).
+            out.reserve(entry.raw_length as usize);
+            dctx.decompress_to_buffer(&stored[..n], out)
+                .map_err(|e| Error::corrupt(what(), format!("decompression failed: {e}")))?;
+            Ok::<_, Error>(())
+        })?;
     } else {
-        stored
-    };
-    if plain.len() != entry.raw_length as usize || blob_id(key, entry.blob_type, &plain) != entry.id {
+        out.extend_from_slice(ciphertext);
+        let n = cipher.open_in_place(&nonce, &[], out).ok_or_else(auth_failed)?;
+        out.truncate(n);
+    }
+    if out.len() != entry.raw_length as usize || blob_id(key, entry.blob_type, out) != entry.id {
         return Err(Error::corrupt(what(), "content does not match its id"));
     }
-    Ok(plain)
+    Ok(())
 }
 
 #[cfg(test)]

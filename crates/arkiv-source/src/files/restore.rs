@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -199,6 +199,18 @@ fn sparse_runs(data: &[u8], off: u64) -> Vec<(usize, usize)> {
 /// once, not once per blob.
 const MAX_OPEN_FILES: usize = 256;
 
+/// Files at least this large are written with `O_DIRECT`, past the page
+/// cache. Copying a gigabyte into the page cache cost more than everything
+/// else a restore does on the machines measured (buffered writes ran at a
+/// quarter of the disk's direct-write speed), and a restored file is not
+/// read back soon. Smaller files stay buffered: for them a synchronous
+/// write per block would cost more than the copy.
+const DIRECT_MIN: u64 = 1 << 20;
+
+/// The alignment `O_DIRECT` wants of file offsets, lengths and memory:
+/// 4 KiB satisfies 512-byte and 4 KiB devices alike.
+const BLOCK: u64 = 4096;
+
 /// A file being restored.
 struct Target {
     path: PathBuf,
@@ -208,47 +220,205 @@ struct Target {
     /// (or left as a hole).
     remaining: AtomicU64,
     created: AtomicBool,
+    /// Written with `O_DIRECT` (decided when it is created).
+    direct: AtomicBool,
+    slot: Mutex<Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
     /// The open handle while blobs are still to come.
-    file: Mutex<Option<std::fs::File>>,
+    file: Option<std::fs::File>,
+    /// `O_DIRECT` only: pieces of blocks that a blob filled in part, by
+    /// block number, kept until the blobs holding the rest of the block
+    /// arrive (blobs come in pack order, not file order).
+    partial: HashMap<u64, Vec<(u64, Vec<u8>)>>,
 }
 
 impl Target {
-    /// Runs `f` on the file, creating it (at full length) on first use and
-    /// keeping the handle open while there is room.
-    fn with_file(
-        &self,
-        open: &AtomicUsize,
-        f: impl FnOnce(&std::fs::File) -> std::io::Result<()>,
-    ) -> std::io::Result<()> {
-        let mut slot = self.file.lock().unwrap();
-        if let Some(file) = slot.as_ref() {
-            return f(file);
+    /// Writes one blob's bytes at `off`, creating the file (at full length)
+    /// on first use and keeping the handle open while there is room.
+    fn write_blob(&self, open: &AtomicUsize, data: &[u8], off: u64) -> std::io::Result<()> {
+        let mut slot = self.slot.lock().unwrap();
+        let opened_now = slot.file.is_none();
+        if opened_now {
+            slot.file = Some(self.open_or_create()?);
         }
-        let file = self.open_or_create()?;
-        let r = f(&file);
-        if open.fetch_add(1, Ordering::Relaxed) < MAX_OPEN_FILES {
-            *slot = Some(file);
+        let Slot { file, partial } = &mut *slot;
+        let file = file.as_ref().expect("opened above");
+        let mut r = if self.direct.load(Ordering::Relaxed) {
+            write_direct(file, partial, data, off, self.size)
         } else {
+            write_buffered(file, data, off)
+        };
+        if matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EINVAL)) && self.direct.load(Ordering::Relaxed) {
+            // A file system that accepted O_DIRECT at open but not these
+            // writes: finish the file through the page cache.
+            r = self.stop_direct(file, partial).and_then(|()| write_buffered(file, data, off));
+        }
+        if opened_now && open.fetch_add(1, Ordering::Relaxed) >= MAX_OPEN_FILES {
             open.fetch_sub(1, Ordering::Relaxed);
+            slot.file = None;
         }
         r
     }
 
+    fn stop_direct(
+        &self,
+        file: &std::fs::File,
+        partial: &mut HashMap<u64, Vec<(u64, Vec<u8>)>>,
+    ) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        self.direct.store(false, Ordering::Relaxed);
+        let fd = file.as_raw_fd();
+        // SAFETY: fcntl on a descriptor this function borrows, with plain
+        // integer arguments.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        for (_, pieces) in partial.drain() {
+            for (at, bytes) in pieces {
+                file.write_all_at(&bytes, at)?;
+            }
+        }
+        Ok(())
+    }
+
     fn open_or_create(&self) -> std::io::Result<std::fs::File> {
+        let direct = |o: &mut OpenOptions| {
+            if self.direct.load(Ordering::Relaxed) {
+                o.custom_flags(libc::O_DIRECT);
+            }
+        };
         if self.created.swap(true, Ordering::Relaxed) {
-            return OpenOptions::new().write(true).open(&self.path);
+            let mut o = OpenOptions::new();
+            direct(o.write(true));
+            return o.open(&self.path);
         }
         let file = OpenOptions::new().write(true).create_new(true).open(&self.path)?;
         file.set_len(self.size)?;
-        Ok(file)
+        if self.size < DIRECT_MIN {
+            return Ok(file);
+        }
+        // Created without O_DIRECT (so a file system that refuses it does
+        // not leave a file behind a failed create), then reopened with it.
+        match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(&self.path) {
+            Ok(f) => {
+                self.direct.store(true, Ordering::Relaxed);
+                Ok(f)
+            }
+            Err(_) => Ok(file),
+        }
     }
 
     /// Closes the handle once the file is complete.
     fn close(&self, open: &AtomicUsize) {
-        if self.file.lock().unwrap().take().is_some() {
+        if self.slot.lock().unwrap().file.take().is_some() {
             open.fetch_sub(1, Ordering::Relaxed);
         }
     }
+
+    /// A file written with `O_DIRECT` may end in a whole padded block:
+    /// cut it back to its size.
+    fn trim(&self) -> std::io::Result<()> {
+        if self.direct.load(Ordering::Relaxed) && self.size % BLOCK != 0 {
+            OpenOptions::new().write(true).open(&self.path)?.set_len(self.size)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `data` at `off` through the page cache, leaving all-zero blocks
+/// as holes.
+fn write_buffered(file: &std::fs::File, data: &[u8], off: u64) -> std::io::Result<()> {
+    sparse_runs(data, off).iter().try_for_each(|&(a, b)| file.write_all_at(&data[a..b], off + a as u64))
+}
+
+/// Writes `data` at `off` to a file opened with `O_DIRECT`: the whole blocks
+/// it covers at once (all-zero ones left as holes), and the pieces of the
+/// blocks it shares with neighbouring blobs once each such block is
+/// complete. The last block of the file is written padded with zeros
+/// ([`Target::trim`] cuts it back).
+fn write_direct(
+    file: &std::fs::File,
+    partial: &mut HashMap<u64, Vec<(u64, Vec<u8>)>>,
+    data: &[u8],
+    off: u64,
+    size: u64,
+) -> std::io::Result<()> {
+    let end = off + data.len() as u64;
+    let first = off.next_multiple_of(BLOCK).min(end);
+    let last = (end / BLOCK * BLOCK).max(first);
+    if off < first {
+        add_piece(file, partial, off, &data[..(first - off) as usize], size)?;
+    }
+    if last < end {
+        add_piece(file, partial, last, &data[(last - off) as usize..], size)?;
+    }
+    if first < last {
+        let whole = &data[(first - off) as usize..(last - off) as usize];
+        for (a, b) in sparse_runs(whole, first) {
+            write_aligned(file, &whole[a..b], first + a as u64)?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds a piece of one block; writes the block when its pieces fill it.
+fn add_piece(
+    file: &std::fs::File,
+    partial: &mut HashMap<u64, Vec<(u64, Vec<u8>)>>,
+    at: u64,
+    bytes: &[u8],
+    size: u64,
+) -> std::io::Result<()> {
+    let block = at / BLOCK;
+    let start = block * BLOCK;
+    let want = BLOCK.min(size - start) as usize;
+    let pieces = partial.entry(block).or_default();
+    pieces.push((at, bytes.to_vec()));
+    let have: usize = pieces.iter().map(|(_, b)| b.len()).sum();
+    if have < want {
+        return Ok(());
+    }
+    let pieces = partial.remove(&block).expect("present");
+    if have > want {
+        return Err(std::io::Error::other(format!("blobs overlap in block {block}")));
+    }
+    let mut buf = [0u8; BLOCK as usize];
+    for (at, bytes) in &pieces {
+        let a = (at - start) as usize;
+        buf[a..a + bytes.len()].copy_from_slice(bytes);
+    }
+    if is_zero(&buf) {
+        return Ok(());
+    }
+    write_aligned(file, &buf, start)
+}
+
+thread_local! {
+    /// Memory for `O_DIRECT` writes, which must start on a block boundary.
+    static ALIGNED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Writes whole blocks at a block-aligned offset, through an aligned copy.
+fn write_aligned(file: &std::fs::File, bytes: &[u8], at: u64) -> std::io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    debug_assert!(at % BLOCK == 0 && bytes.len() as u64 % BLOCK == 0);
+    ALIGNED.with(|cell| {
+        let mut mem = cell.borrow_mut();
+        if mem.len() < CHUNK + BLOCK as usize {
+            mem.resize(CHUNK + BLOCK as usize, 0);
+        }
+        let skip = mem.as_ptr().align_offset(BLOCK as usize);
+        let buf = &mut mem[skip..skip + CHUNK];
+        for (i, piece) in bytes.chunks(CHUNK).enumerate() {
+            buf[..piece.len()].copy_from_slice(piece);
+            file.write_all_at(&buf[..piece.len()], at + (i * CHUNK) as u64)?;
+        }
+        Ok(())
+    })
 }
 
 fn target_of(target: &Path, rel: &Path) -> PathBuf {
@@ -330,7 +500,8 @@ pub fn restore(
             damaged: AtomicBool::new(false),
             remaining: AtomicU64::new(f.node.size),
             created: AtomicBool::new(false),
-            file: Mutex::new(None),
+            direct: AtomicBool::new(false),
+            slot: Mutex::new(Slot::default()),
         });
         file_items.push(f);
     }
@@ -383,16 +554,12 @@ pub fn restore(
                         continue;
                     }
                     let t = &targets[fi];
-                    let runs = sparse_runs(&data, off);
-                    if !runs.is_empty() {
-                        let r = t.with_file(&open_files, |file| {
-                            runs.iter().try_for_each(|&(a, b)| file.write_all_at(&data[a..b], off + a as u64))
-                        });
-                        if let Err(e) = r {
-                            mark(fi, format!("write failed: {e}"));
-                            t.close(&open_files);
-                            continue;
-                        }
+                    // Even an all-zero blob goes through: with O_DIRECT its
+                    // edges complete blocks it shares with its neighbours.
+                    if let Err(e) = t.write_blob(&open_files, data, off) {
+                        mark(fi, format!("write failed: {e}"));
+                        t.close(&open_files);
+                        continue;
                     }
                     let n = data.len() as u64;
                     let left = t.remaining.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(n));
@@ -428,6 +595,9 @@ pub fn restore(
             if let Err(e) = t.open_or_create() {
                 return Err(io(&t.path, e));
             }
+        }
+        if let Err(e) = t.trim() {
+            return Err(io(&t.path, e));
         }
     }
 
@@ -525,6 +695,64 @@ pub fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn target(path: PathBuf, size: u64) -> Target {
+        Target {
+            path,
+            size,
+            damaged: AtomicBool::new(false),
+            remaining: AtomicU64::new(size),
+            created: AtomicBool::new(false),
+            direct: AtomicBool::new(false),
+            slot: Mutex::new(Slot::default()),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        /// Blobs of any sizes, arriving in any order, some all zeros, with
+        /// the handle dropped between blobs or kept: the file reads back
+        /// exactly, at exactly its size, with all-zero blocks left as holes.
+        #[test]
+        fn blobs_in_any_order_rebuild_the_file_written_directly_or_through_the_cache(
+            sizes in proptest::collection::vec((1usize..300_000, any::<bool>()), 1..24),
+            order_seed in any::<u64>(),
+            keep_open in any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut content = Vec::new();
+            let mut blobs = Vec::new();
+            for (i, (len, zero)) in sizes.iter().enumerate() {
+                let bytes: Vec<u8> =
+                    if *zero { vec![0; *len] } else { (0..*len).map(|j| (i * 31 + j * 7 % 251) as u8 | 1).collect() };
+                blobs.push((content.len() as u64, bytes.clone()));
+                content.extend(bytes);
+            }
+            blobs.sort_by_key(|(off, _)| (off.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ order_seed).rotate_left(17));
+            let path = dir.path().join("f");
+            let t = target(path.clone(), content.len() as u64);
+            let open = AtomicUsize::new(if keep_open { 0 } else { MAX_OPEN_FILES });
+            for (off, bytes) in &blobs {
+                t.write_blob(&open, bytes, *off).unwrap();
+            }
+            t.close(&open);
+            if !t.created.load(Ordering::Relaxed) {
+                t.open_or_create().unwrap();
+            }
+            t.trim().unwrap();
+            prop_assert_eq!(t.direct.load(Ordering::Relaxed), content.len() as u64 >= DIRECT_MIN);
+            prop_assert!(t.slot.lock().unwrap().partial.is_empty(), "pieces left unwritten");
+            let back = fs::read(&path).unwrap();
+            prop_assert_eq!(back.len(), content.len());
+            prop_assert!(back == content, "content differs");
+            // Whole zero blocks were not written: the file holds no more
+            // allocated blocks than its non-zero 4 KiB blocks (plus one).
+            use std::os::unix::fs::MetadataExt;
+            let nonzero = content.chunks(BLOCK as usize).filter(|b| !is_zero(b)).count() as u64;
+            prop_assert!(fs::metadata(&path).unwrap().blocks() * 512 <= (nonzero + 1) * BLOCK + 65536);
+        }
+    }
     use arkiv_repo::{Backend, Credential, InitOptions, KdfParams, Name, Repository, Tree, Writer};
 
     #[test]
