@@ -9,8 +9,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use opendal::{ErrorKind, Operator};
@@ -232,8 +232,8 @@ pub struct Backend {
 /// Whole tree packs read in this process, up to [`TreePacks::BUDGET`] bytes.
 #[derive(Default)]
 struct TreePacks {
-    packs: std::sync::Mutex<HashMap<String, Arc<std::sync::OnceLock<bytes::Bytes>>>>,
-    held: std::sync::atomic::AtomicUsize,
+    packs: Mutex<HashMap<String, Arc<OnceLock<bytes::Bytes>>>>,
+    held: AtomicUsize,
 }
 
 impl TreePacks {
@@ -419,16 +419,6 @@ impl Backend {
     /// an object store cost a restore of 18,000 files over a second of
     /// round trips before its first byte of data.
     pub fn read_range(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<bytes::Bytes> {
-        if let Some(pack) = self.tree_pack(kind, name)? {
-            let end = offset.saturating_add(len);
-            return match pack.get(offset as usize..end.min(usize::MAX as u64) as usize) {
-                Some(_) => Ok(pack.slice(offset as usize..end as usize)),
-                None => Err(Error::corrupt(
-                    format!("pack {name}"),
-                    format!("is {} bytes; bytes {offset}..{end} were asked for", pack.len()),
-                )),
-            };
-        }
         self.read_range_buffer(kind, name, offset, len).map(|b| b.to_bytes())
     }
 
@@ -473,7 +463,19 @@ impl Backend {
         Ok(())
     }
 
+    /// Both range reads: a tree pack from [`Self::tree_pack`] when it gives
+    /// one, else one ranged request.
     fn read_range_buffer(&self, kind: FileKind, name: &str, offset: u64, len: u64) -> Result<opendal::Buffer> {
+        if let Some(pack) = self.tree_pack(kind, name)? {
+            let end = offset.saturating_add(len);
+            if end > pack.len() as u64 {
+                return Err(Error::corrupt(
+                    format!("pack {name}"),
+                    format!("is {} bytes; bytes {offset}..{end} were asked for", pack.len()),
+                ));
+            }
+            return Ok(pack.slice(offset as usize..end as usize).into());
+        }
         let path = kind.path(name);
         let read = |store: &Store| {
             self.retry(&path, || async { store.op.read_with(&path).range(offset..offset + len).await })

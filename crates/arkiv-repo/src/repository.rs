@@ -17,6 +17,11 @@ use crate::crypto::MasterKey;
 use crate::envelope::{self, EnvelopeKind};
 use crate::error::{Error, Result};
 use crate::id::Id;
+use crate::index::{BlobLocation, Index, IndexFile};
+use crate::keys::{Credential, KdfParams, KeySlot};
+use crate::pack::{self, BlobType};
+use crate::snapshot::{Snapshot, SnapshotEntry, SnapshotFilter};
+use crate::tree::Tree;
 
 thread_local! {
     /// [`Indexed::for_each_blob`]'s read buffer and blob buffer, one each
@@ -24,11 +29,6 @@ thread_local! {
     static RUN_BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
-use crate::index::{BlobLocation, Index, IndexFile};
-use crate::keys::{Credential, KdfParams, KeySlot};
-use crate::pack::{self, BlobType};
-use crate::snapshot::{Snapshot, SnapshotEntry, SnapshotFilter};
-use crate::tree::Tree;
 
 /// The repository's settings, sealed in the `config` file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -172,7 +172,6 @@ fn is_zero(b: &[u8]) -> bool {
 /// The file is created at full length, so what is left out reads back as
 /// zeros and stays a hole.
 fn sparse_runs(data: &[u8], off: u64) -> Vec<(usize, usize)> {
-    const BLOCK: u64 = 4096;
     let mut runs = Vec::new();
     let mut run: Option<usize> = None;
     let mut i = 0usize;

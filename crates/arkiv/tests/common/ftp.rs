@@ -16,12 +16,11 @@
 //! command line.
 
 use std::fs;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::garage::{find_executable, free_port, random_hex};
+use super::garage::{find_executable, free_port, random_hex, wait_for_server};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -111,20 +110,12 @@ impl FtpServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", python.display()));
         s.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = s.child.as_mut().unwrap().try_wait().unwrap() {
-                s.child = None;
-                panic!("the FTP server exited with {status} while starting\n--- its log ---\n{}", s.log());
-            }
-            if s.log().contains("FTP server listening") && TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return s;
-            }
-            if Instant::now() > deadline {
-                panic!("the FTP server did not start within {START_TIMEOUT:?}\n--- its log ---\n{}", s.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log = s.dir.path().join("ftp.log");
+        wait_for_server("the FTP server", &mut s.child, &log, port, START_TIMEOUT, |l| {
+            l.contains("FTP server listening")
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        s
     }
 
     pub fn log(&self) -> String {

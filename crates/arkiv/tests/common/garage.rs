@@ -52,6 +52,34 @@ pub fn random_hex(n: usize) -> String {
 }
 
 /// A loopback port nothing listens on right now.
+/// Waits until a server a test started is ready: its log (`log_file`)
+/// satisfies `ready` and `port` accepts connections. The error says why it
+/// is not (it exited, or `timeout` passed), with the log.
+pub fn wait_for_server(
+    name: &str,
+    child: &mut Option<Child>,
+    log_file: &Path,
+    port: u16,
+    timeout: Duration,
+    ready: impl Fn(&str) -> bool,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let log = || fs::read_to_string(log_file).unwrap_or_default();
+    loop {
+        if let Some(status) = child.as_mut().expect("a started server").try_wait().unwrap() {
+            *child = None;
+            return Err(format!("{name} exited with {status} while starting\n--- {name} log ---\n{}", log()));
+        }
+        if ready(&log()) && TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{name} did not start within {timeout:?}\n--- {name} log ---\n{}", log()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
 }
@@ -153,22 +181,11 @@ root_domain = ".s3.garage.localhost"
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
         self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                panic!("garage exited with {status} while starting\n--- garage log ---\n{}", self.log());
-            }
-            let log = self.log();
-            let listening = log.get(offset..).is_some_and(|l| l.contains("S3 API server listening"));
-            if listening && TcpStream::connect(("127.0.0.1", self.s3_port)).is_ok() {
-                return;
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                panic!("garage did not start within {START_TIMEOUT:?}\n--- garage log ---\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let log = self.log_path();
+        let listening = |l: &str| l.get(offset..).is_some_and(|l| l.contains("S3 API server listening"));
+        if let Err(e) = wait_for_server("garage", &mut self.child, &log, self.s3_port, START_TIMEOUT, listening) {
+            self.kill();
+            panic!("{e}");
         }
     }
 

@@ -13,13 +13,12 @@
 //! directory too.
 
 use std::fs;
-use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::garage::{find_executable, free_port};
+use super::garage::{find_executable, free_port, wait_for_server};
 
 const SSHD: &str = "/usr/sbin/sshd";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -109,20 +108,9 @@ Subsystem sftp internal-sftp
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {SSHD}: {e}"));
         self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                panic!("sshd exited with {status} while starting\n--- sshd log ---\n{}", self.log());
-            }
-            if self.log().contains("Server listening on") && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!("sshd did not start within {START_TIMEOUT:?}\n--- sshd log ---\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log = self.dir.path().join("sshd.log");
+        wait_for_server("sshd", &mut self.child, &log, self.port, START_TIMEOUT, |l| l.contains("Server listening on"))
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     pub fn log(&self) -> String {

@@ -14,12 +14,11 @@
 //! (`RCLONE_USER`, `RCLONE_PASS`), so they are not on its command line.
 
 use std::fs;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::garage::{find_executable, free_port, random_hex};
+use super::garage::{find_executable, free_port, random_hex, wait_for_server};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -68,20 +67,10 @@ impl WebDavServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", rclone.display()));
         s.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = s.child.as_mut().unwrap().try_wait().unwrap() {
-                s.child = None;
-                panic!("rclone exited with {status} while starting\n--- rclone log ---\n{}", s.log());
-            }
-            if s.log().contains("WebDav Server started") && TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return s;
-            }
-            if Instant::now() > deadline {
-                panic!("rclone did not start within {START_TIMEOUT:?}\n--- rclone log ---\n{}", s.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log = s.dir.path().join("rclone.log");
+        wait_for_server("rclone", &mut s.child, &log, port, START_TIMEOUT, |l| l.contains("WebDav Server started"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        s
     }
 
     pub fn log(&self) -> String {
