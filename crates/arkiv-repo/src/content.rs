@@ -33,7 +33,7 @@ impl<'a> ContentReader<'a> {
         let wanted = &self.ids[self.next..end];
         let got: std::sync::Mutex<HashMap<Id, Result<Vec<u8>>>> = Default::default();
         self.src.for_each_blob(wanted, |id, r| {
-            got.lock().unwrap().insert(id, r.map(std::mem::take));
+            got.lock().unwrap().insert(id, r.map(<[u8]>::to_vec));
         })?;
         let mut got = got.into_inner().unwrap();
         for (i, id) in wanted.iter().enumerate() {

@@ -639,12 +639,11 @@ impl Indexed {
     /// Fetches many blobs with few requests: grouped by pack, each pack read
     /// in one ranged request spanning the wanted blobs (when they are dense
     /// enough) and packs processed in parallel. `f` receives each blob or the
-    /// error that stopped it; it runs on rayon workers. The blob comes in a
-    /// buffer reused for the thread's next blob: `f` reads it in place, or
-    /// takes it (`std::mem::take`) to keep it.
+    /// error that stopped it; it runs on rayon workers. The blob lies in a
+    /// buffer reused for the thread's next read: `f` copies what it keeps.
     pub fn for_each_blob<F>(&self, ids: &[Id], f: F) -> Result<()>
     where
-        F: Fn(Id, Result<&mut Vec<u8>>) + Sync,
+        F: Fn(Id, Result<&[u8]>) + Sync,
     {
         let mut by_pack: std::collections::HashMap<Id, Vec<BlobLocation>> = std::collections::HashMap::new();
         for id in ids {
@@ -693,13 +692,15 @@ impl Indexed {
                     let cipher = self.repo.key().pack_cipher(&locs[0].pack.salt);
                     for l in &locs {
                         let a = (l.entry.offset as u64 - start) as usize;
-                        let r = match buf.get(a..a + l.entry.length as usize) {
+                        // Blobs of a run never overlap (one per offset), so
+                        // each is decrypted where it lies in the run.
+                        let r = match buf.get_mut(a..a + l.entry.length as usize) {
                             Some(ct) => {
-                                pack::open_blob_into(self.repo.key(), &cipher, &l.entry, ct, &pack_name, &mut blob)
+                                pack::open_blob_in_place(self.repo.key(), &cipher, &l.entry, ct, &pack_name, &mut blob)
                             }
                             None => Err(Error::corrupt(format!("pack {pack_name}"), "shorter than the index says")),
                         };
-                        f(l.entry.id, r.map(|()| &mut blob));
+                        f(l.entry.id, r);
                     }
                 }
                 Err(e) => {
