@@ -143,8 +143,11 @@ def main():
     ap.add_argument("--json")
     a = ap.parse_args()
     src = os.path.abspath(a.dataset)
-    shutil.rmtree(a.work, ignore_errors=True)
-    os.makedirs(a.work)
+    # Not deleted here: a work directory emptied moments before slows the
+    # first restores of this run (see the comment on `target` below).
+    if os.path.exists(a.work) and os.listdir(a.work):
+        sys.exit(f"{a.work} is not empty: give a new --work directory (delete old ones some minutes before a run)")
+    os.makedirs(a.work, exist_ok=True)
     garage, port = start_garage(a.work)
     results = []
     try:
