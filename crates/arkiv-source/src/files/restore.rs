@@ -246,7 +246,11 @@ impl Target {
         let Slot { file, partial } = &mut *slot;
         let file = file.as_ref().expect("opened above");
         let mut r = if self.direct.load(Ordering::Relaxed) {
-            write_direct(file, partial, data, off, self.size)
+            if injected_refusal() {
+                Err(std::io::Error::from_raw_os_error(libc::EINVAL))
+            } else {
+                write_direct(file, partial, data, off, self.size)
+            }
         } else {
             write_buffered(file, data, off)
         };
@@ -319,13 +323,34 @@ impl Target {
     }
 
     /// A file written with `O_DIRECT` may end in a whole padded block:
-    /// cut it back to its size.
+    /// cut it back to its size. Decided by size, not by `direct`: a file
+    /// that fell back to buffered writes may have had its padded last block
+    /// written before it did.
     fn trim(&self) -> std::io::Result<()> {
-        if self.direct.load(Ordering::Relaxed) && self.size % BLOCK != 0 {
+        if self.size >= DIRECT_MIN && self.size % BLOCK != 0 {
             OpenOptions::new().write(true).open(&self.path)?.set_len(self.size)?;
         }
         Ok(())
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests only: the direct write (counting from 1) that the "file
+    /// system" refuses with `EINVAL`, as some network and FUSE file systems
+    /// refuse `O_DIRECT` writes after accepting the open; 0 for none.
+    static REFUSE_DIRECT_AT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn injected_refusal() -> bool {
+    #[cfg(test)]
+    return REFUSE_DIRECT_AT.with(|c| {
+        let n = c.get();
+        c.set(n.saturating_sub(1));
+        n == 1
+    });
+    #[cfg(not(test))]
+    false
 }
 
 /// Writes `data` at `off` through the page cache, leaving all-zero blocks
@@ -711,14 +736,17 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
         /// Blobs of any sizes, arriving in any order, some all zeros, with
-        /// the handle dropped between blobs or kept: the file reads back
-        /// exactly, at exactly its size, with all-zero blocks left as holes.
+        /// the handle dropped between blobs or kept, and direct writes
+        /// refused part-way through or not: the file reads back exactly, at
+        /// exactly its size, with all-zero blocks left as holes.
         #[test]
         fn blobs_in_any_order_rebuild_the_file_written_directly_or_through_the_cache(
             sizes in proptest::collection::vec((1usize..300_000, any::<bool>()), 1..24),
             order_seed in any::<u64>(),
             keep_open in any::<bool>(),
+            refuse_at in prop_oneof![Just(0usize), 1usize..8],
         ) {
+            REFUSE_DIRECT_AT.with(|c| c.set(refuse_at));
             let dir = tempfile::tempdir().unwrap();
             let mut content = Vec::new();
             let mut blobs = Vec::new();
@@ -740,7 +768,8 @@ mod tests {
                 t.open_or_create().unwrap();
             }
             t.trim().unwrap();
-            prop_assert_eq!(t.direct.load(Ordering::Relaxed), content.len() as u64 >= DIRECT_MIN);
+            let refused = REFUSE_DIRECT_AT.with(|c| c.replace(0)) == 0 && refuse_at > 0;
+            prop_assert_eq!(t.direct.load(Ordering::Relaxed), content.len() as u64 >= DIRECT_MIN && !refused);
             prop_assert!(t.slot.lock().unwrap().partial.is_empty(), "pieces left unwritten");
             let back = fs::read(&path).unwrap();
             prop_assert_eq!(back.len(), content.len());
