@@ -641,6 +641,27 @@ impl Catalog {
         Ok(())
     }
 
+    /// Forgets finished runs that ended before `before`, keeping for every
+    /// job its newest run in each final state, so that "last run", "last
+    /// success" and the RPO age never change because history was pruned.
+    /// Returns the pruned runs' log files, for the caller to delete: a
+    /// daemon starting a job every minute adds half a million runs and logs
+    /// a year. The audit log is not touched.
+    pub fn prune_runs(&self, before: DateTime<Utc>) -> Result<Vec<PathBuf>> {
+        let mut conn = self.conn();
+        let sql = |e| CatalogError::Sql { path: self.path.clone(), error: e };
+        let tx = conn.transaction().map_err(sql)?;
+        let old = "status NOT IN ('queued', 'running') AND ended_at < ?1
+                   AND id NOT IN (SELECT MAX(id) FROM job_runs GROUP BY job, status)";
+        let logs = tx
+            .prepare(&format!("SELECT log_path FROM job_runs WHERE {old} AND log_path IS NOT NULL"))
+            .and_then(|mut q| q.query_map([ts(before)], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>())
+            .map_err(sql)?;
+        tx.execute(&format!("DELETE FROM job_runs WHERE {old}"), [ts(before)]).map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(logs.into_iter().map(PathBuf::from).collect())
+    }
+
     // ---- snapshots and repositories
 
     /// Replaces what is known of a repository's snapshots by a fresh listing.
@@ -916,6 +937,44 @@ mod tests {
         assert_eq!(c.last_run("backup:shop", &[RunStatus::Succeeded]).unwrap().unwrap().id, d.id);
         let failed = c.list_runs(&RunFilter { status: Some(RunStatus::Cancelled), ..Default::default() }).unwrap();
         assert_eq!(failed.len(), 1);
+    }
+
+    #[test]
+    fn pruning_history_keeps_each_jobs_newest_run_in_every_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let day = |d: i64| Utc::now() - chrono::Duration::days(d);
+        // (job, status, days ago it ended); ids in this order, oldest first.
+        let runs = [
+            ("backup:shop", RunStatus::Succeeded, 100), // old, superseded
+            ("backup:shop", RunStatus::Succeeded, 95),  // newest success, old
+            ("backup:shop", RunStatus::Failed, 99),     // old, superseded
+            ("backup:shop", RunStatus::Failed, 90),     // old, superseded by the next
+            ("backup:shop", RunStatus::Failed, 10),     // recent
+            ("check:main", RunStatus::Succeeded, 200),  // the only check: kept
+        ];
+        let mut ids = Vec::new();
+        for (job, status, ago) in runs {
+            let r = c.insert_run(&new_run(job), day(ago)).unwrap();
+            assert!(c.start_run(r.id, day(ago), &dir.path().join(format!("{}.log", r.id))).unwrap());
+            c.finish_run(r.id, status, day(ago), &Outcome::default()).unwrap();
+            ids.push(r.id);
+        }
+        let queued = c.insert_run(&new_run("backup:shop"), day(300)).unwrap();
+        let logs = c.prune_runs(day(30)).unwrap();
+        let kept: Vec<i64> = c.list_runs(&RunFilter::default()).unwrap().iter().map(|r| r.id).collect();
+        // Pruned: the superseded old success and both old failures that a
+        // newer failure supersedes; their logs are handed back.
+        for gone in [ids[0], ids[2], ids[3]] {
+            assert!(!kept.contains(&gone), "run {gone} should be pruned: {kept:?}");
+            assert!(logs.contains(&dir.path().join(format!("{gone}.log"))), "{logs:?}");
+        }
+        for stays in [ids[1], ids[4], ids[5], queued.id] {
+            assert!(kept.contains(&stays), "run {stays} should stay: {kept:?}");
+        }
+        assert_eq!(logs.len(), 3);
+        let ok = c.last_run("backup:shop", &[RunStatus::Succeeded]).unwrap().unwrap();
+        assert_eq!(ok.id, ids[1], "the last success survives however old");
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub struct DaemonConfig {
     /// Failed authentications allowed per client address and minute (0: no limit).
     #[serde(default = "default_auth_failures")]
     pub auth_failures_per_minute: u32,
+    /// How long finished job runs and their logs are kept (0: forever).
+    /// Each job's newest run in every final state is kept regardless.
+    #[serde(default = "default_keep_history", with = "humantime_serde")]
+    pub keep_history: Duration,
 }
 
 impl Default for DaemonConfig {
@@ -100,6 +104,7 @@ impl Default for DaemonConfig {
             tls_key: None,
             max_body_bytes: default_body_limit(),
             auth_failures_per_minute: default_auth_failures(),
+            keep_history: default_keep_history(),
         }
     }
 }
@@ -127,6 +132,9 @@ fn default_body_limit() -> usize {
 }
 fn default_auth_failures() -> u32 {
     10
+}
+fn default_keep_history() -> Duration {
+    Duration::from_secs(90 * 86_400)
 }
 
 /// An API user whose token the operator keeps in a file.
@@ -892,6 +900,17 @@ exclude = ["*.tmp"]
         assert_eq!(c.repository_for("shop").unwrap().0, "main");
         assert_eq!(c.source_url("uploads").unwrap(), None);
         assert_eq!(c.sources["shop"].verify.as_ref().unwrap().rows, ["orders>=10"]);
+    }
+
+    #[test]
+    fn keep_history_defaults_to_90_days_and_takes_durations() {
+        let c = Config::parse("arkiv.toml", EXAMPLE).unwrap();
+        assert_eq!(c.daemon.keep_history, Duration::from_secs(90 * 86_400));
+        for (text, secs) in [("180d", 180 * 86_400), ("0s", 0), ("12h", 12 * 3600)] {
+            let c = Config::parse("arkiv.toml", &format!("[daemon]\nkeep_history = \"{text}\"\n{EXAMPLE}")).unwrap();
+            assert_eq!(c.daemon.keep_history, Duration::from_secs(secs), "{text}");
+        }
+        assert!(Config::parse("arkiv.toml", &format!("[daemon]\nkeep_history = \"forever\"\n{EXAMPLE}")).is_err());
     }
 
     #[test]

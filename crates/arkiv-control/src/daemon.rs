@@ -76,6 +76,8 @@ pub struct Daemon {
     stopping: AtomicBool,
     /// Set once the first scheduling pass is done: `/readyz`.
     ready: AtomicBool,
+    /// When run history was last pruned (by the daemon's clock).
+    history_pruned: Mutex<Option<DateTime<Utc>>>,
 }
 
 impl Daemon {
@@ -124,6 +126,7 @@ impl Daemon {
             wake: Notify::new(),
             stopping: AtomicBool::new(false),
             ready: AtomicBool::new(false),
+            history_pruned: Mutex::new(None),
         };
         d.sync_tokens()?;
         d.load_metrics_from_history()?;
@@ -368,7 +371,48 @@ impl Daemon {
         }
         self.update_queue_metrics()?;
         self.ready.store(true, Ordering::Relaxed);
+        self.prune_history(now);
         Ok(())
+    }
+
+    /// Forgets finished runs older than `[daemon] keep_history` and deletes
+    /// their logs, at most once an hour. Failures are logged, not fatal:
+    /// history that stays a little longer harms nothing.
+    fn prune_history(&self, now: DateTime<Utc>) {
+        let keep = self.config.daemon.keep_history;
+        if keep.is_zero() {
+            return;
+        }
+        {
+            let mut last = self.history_pruned.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| now - t < chrono::Duration::hours(1)) {
+                return;
+            }
+            *last = Some(now);
+        }
+        let before = now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+        let logs = match self.catalog.prune_runs(before) {
+            Ok(logs) => logs,
+            Err(e) => {
+                tracing::warn!("pruning run history: {e}");
+                return;
+            }
+        };
+        for log in &logs {
+            // Only logs in the daemon's own directory: the catalog's record
+            // is not a licence to delete anything anywhere.
+            if !log.starts_with(&self.log_dir) {
+                continue;
+            }
+            if let Err(e) = std::fs::remove_file(log) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!("deleting job log {}: {e}", log.display());
+                }
+            }
+        }
+        if !logs.is_empty() {
+            tracing::info!("pruned {} runs that ended before {before} from the history", logs.len());
+        }
     }
 
     fn update_queue_metrics(&self) -> Result<(), DaemonError> {
@@ -896,6 +940,39 @@ mod tests {
         for r in d.catalog.queued_runs().unwrap() {
             d.catalog.finish_run(r.id, RunStatus::Succeeded, d.now(), &Outcome::default()).unwrap();
         }
+    }
+
+    #[test]
+    fn history_older_than_keep_history_is_pruned_hourly_with_its_logs() {
+        let f = fixture("[sources.s]\npaths = ['/x']\nrepository = 'a'\n", "2026-06-01T00:00:00Z");
+        let d = &f.daemon;
+        let mut runs = Vec::new();
+        for day in ["2026-01-01", "2026-01-02", "2026-05-20"] {
+            let t = at(&format!("{day}T03:00:00Z"));
+            let r = d.catalog.insert_run(&NewRun::first("backup:s", "backup", "s", "schedule", 0, t), t).unwrap();
+            let log = d.log_dir.join(format!("{}.log", r.id));
+            std::fs::write(&log, "log").unwrap();
+            assert!(d.catalog.start_run(r.id, t, &log).unwrap());
+            d.catalog.finish_run(r.id, RunStatus::Failed, t, &Outcome::default()).unwrap();
+            runs.push((r.id, log));
+        }
+        d.prune_history(d.now());
+        // Default 90 days: January's first failure goes, its second is not
+        // the newest failure either; May's stays.
+        assert!(d.catalog.run(runs[0].0).unwrap().is_none() && !runs[0].1.exists());
+        assert!(d.catalog.run(runs[1].0).unwrap().is_none() && !runs[1].1.exists());
+        assert!(d.catalog.run(runs[2].0).unwrap().is_some() && runs[2].1.exists());
+        // Within the hour nothing is pruned again; after it, it is.
+        let t = at("2026-08-01T03:00:00Z");
+        let late = d.catalog.insert_run(&NewRun::first("backup:s", "backup", "s", "schedule", 0, t), t).unwrap();
+        d.catalog.finish_run(late.id, RunStatus::Failed, t, &Outcome::default()).unwrap();
+        f.clock.set(at("2026-08-19T04:00:00Z"));
+        *d.history_pruned.lock().unwrap() = Some(at("2026-08-19T03:30:00Z"));
+        d.prune_history(d.now());
+        assert!(d.catalog.run(runs[2].0).unwrap().is_some(), "pruned 30 minutes ago");
+        f.clock.set(at("2026-08-19T04:30:00Z"));
+        d.prune_history(d.now());
+        assert!(d.catalog.run(runs[2].0).unwrap().is_none() && !runs[2].1.exists(), "superseded and 91 days old");
     }
 
     #[test]
