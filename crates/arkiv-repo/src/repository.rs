@@ -690,15 +690,32 @@ impl Indexed {
             match self.repo.backend().read_range_into(kind, &pack_name, start, end - start, &mut buf) {
                 Ok(()) => {
                     let cipher = self.repo.key().pack_cipher(&locs[0].pack.salt);
+                    // Each blob is decrypted where it lies in the run, which
+                    // needs blobs that do not overlap: an index claiming
+                    // otherwise is damaged, and trusting it would let one
+                    // blob's decryption spoil its neighbour.
+                    let mut done_to = start;
                     for l in &locs {
-                        let a = (l.entry.offset as u64 - start) as usize;
-                        // Blobs of a run never overlap (one per offset), so
-                        // each is decrypted where it lies in the run.
-                        let r = match buf.get_mut(a..a + l.entry.length as usize) {
-                            Some(ct) => {
-                                pack::open_blob_in_place(self.repo.key(), &cipher, &l.entry, ct, &pack_name, &mut blob)
+                        let (o, len) = (l.entry.offset as u64, l.entry.length as u64);
+                        let a = (o - start) as usize;
+                        let r = if o < done_to {
+                            Err(Error::corrupt(
+                                format!("index entry of blob {} in pack {pack_name}", l.entry.id),
+                                "overlaps the blob before it",
+                            ))
+                        } else {
+                            done_to = o + len;
+                            match buf.get_mut(a..a + len as usize) {
+                                Some(ct) => pack::open_blob_in_place(
+                                    self.repo.key(),
+                                    &cipher,
+                                    &l.entry,
+                                    ct,
+                                    &pack_name,
+                                    &mut blob,
+                                ),
+                                None => Err(Error::corrupt(format!("pack {pack_name}"), "shorter than the index says")),
                             }
-                            None => Err(Error::corrupt(format!("pack {pack_name}"), "shorter than the index says")),
                         };
                         f(l.entry.id, r);
                     }

@@ -221,6 +221,9 @@ struct Target {
     created: AtomicBool,
     /// Written with `O_DIRECT` (decided when it is created).
     direct: AtomicBool,
+    /// Opened with `O_DIRECT` at some point, so possibly padded to a whole
+    /// block at its end, even if it fell back to buffered writes since.
+    was_direct: AtomicBool,
     slot: Mutex<Slot>,
 }
 
@@ -246,11 +249,7 @@ impl Target {
         let Slot { file, partial } = &mut *slot;
         let file = file.as_ref().expect("opened above");
         let mut r = if self.direct.load(Ordering::Relaxed) {
-            if injected_refusal() {
-                Err(std::io::Error::from_raw_os_error(libc::EINVAL))
-            } else {
-                write_direct(file, partial, data, off, self.size)
-            }
+            write_direct(file, partial, data, off, self.size)
         } else {
             write_buffered(file, data, off)
         };
@@ -309,6 +308,7 @@ impl Target {
         match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(&self.path) {
             Ok(f) => {
                 self.direct.store(true, Ordering::Relaxed);
+                self.was_direct.store(true, Ordering::Relaxed);
                 Ok(f)
             }
             Err(_) => Ok(file),
@@ -323,11 +323,11 @@ impl Target {
     }
 
     /// A file written with `O_DIRECT` may end in a whole padded block:
-    /// cut it back to its size. Decided by size, not by `direct`: a file
-    /// that fell back to buffered writes may have had its padded last block
-    /// written before it did.
+    /// cut it back to its size. Decided by `was_direct`, not `direct`: a
+    /// file that fell back to buffered writes may have had its padded last
+    /// block written before it did.
     fn trim(&self) -> std::io::Result<()> {
-        if self.size >= DIRECT_MIN && self.size % BLOCK != 0 {
+        if self.was_direct.load(Ordering::Relaxed) && self.size % BLOCK != 0 {
             OpenOptions::new().write(true).open(&self.path)?.set_len(self.size)?;
         }
         Ok(())
@@ -336,7 +336,7 @@ impl Target {
 
 #[cfg(test)]
 thread_local! {
-    /// Tests only: the direct write (counting from 1) that the "file
+    /// Tests only: the `O_DIRECT` write (counting from 1) that the "file
     /// system" refuses with `EINVAL`, as some network and FUSE file systems
     /// refuse `O_DIRECT` writes after accepting the open; 0 for none.
     static REFUSE_DIRECT_AT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -418,7 +418,13 @@ fn add_piece(
     if is_zero(&buf) {
         return Ok(());
     }
-    write_aligned(file, &buf, start)
+    let r = write_aligned(file, &buf, start);
+    if r.is_err() {
+        // Kept for a buffered retry (`stop_direct`): they hold bytes of
+        // blobs already counted as written.
+        partial.insert(block, pieces);
+    }
+    r
 }
 
 thread_local! {
@@ -439,6 +445,9 @@ fn write_aligned(file: &std::fs::File, bytes: &[u8], at: u64) -> std::io::Result
         let buf = &mut mem[skip..skip + CHUNK];
         for (i, piece) in bytes.chunks(CHUNK).enumerate() {
             buf[..piece.len()].copy_from_slice(piece);
+            if injected_refusal() {
+                return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+            }
             file.write_all_at(&buf[..piece.len()], at + (i * CHUNK) as u64)?;
         }
         Ok(())
@@ -525,6 +534,7 @@ pub fn restore(
             remaining: AtomicU64::new(f.node.size),
             created: AtomicBool::new(false),
             direct: AtomicBool::new(false),
+            was_direct: AtomicBool::new(false),
             slot: Mutex::new(Slot::default()),
         });
         file_items.push(f);
@@ -729,6 +739,7 @@ mod tests {
             remaining: AtomicU64::new(size),
             created: AtomicBool::new(false),
             direct: AtomicBool::new(false),
+            was_direct: AtomicBool::new(false),
             slot: Mutex::new(Slot::default()),
         }
     }
