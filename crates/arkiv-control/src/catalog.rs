@@ -643,23 +643,34 @@ impl Catalog {
 
     /// Forgets finished runs that ended before `before`, keeping for every
     /// job its newest run in each final state, so that "last run", "last
-    /// success" and the RPO age never change because history was pruned.
-    /// Returns the pruned runs' log files, for the caller to delete: a
-    /// daemon starting a job every minute adds half a million runs and logs
-    /// a year. The audit log is not touched.
-    pub fn prune_runs(&self, before: DateTime<Utc>) -> Result<Vec<PathBuf>> {
+    /// success" and the RPO age never change because history was pruned,
+    /// and every run that retried a kept run (else a kept interrupted run
+    /// would look never requeued, and be run again at the next start).
+    /// Returns how many runs went and their log files, for the caller to
+    /// delete: a daemon starting a job every minute adds half a million
+    /// runs and logs a year. The audit log is not touched.
+    pub fn prune_runs(&self, before: DateTime<Utc>) -> Result<(usize, Vec<PathBuf>)> {
+        const KEEP: &str = "WITH RECURSIVE keep(id) AS (
+                SELECT id FROM job_runs
+                 WHERE status IN ('queued', 'running') OR ended_at IS NULL OR ended_at >= ?1
+                    OR id IN (SELECT MAX(id) FROM job_runs GROUP BY job, status)
+                UNION
+                SELECT r.id FROM job_runs r JOIN keep k ON r.retry_of = k.id
+            )";
         let mut conn = self.conn();
         let sql = |e| CatalogError::Sql { path: self.path.clone(), error: e };
         let tx = conn.transaction().map_err(sql)?;
-        let old = "status NOT IN ('queued', 'running') AND ended_at < ?1
-                   AND id NOT IN (SELECT MAX(id) FROM job_runs GROUP BY job, status)";
         let logs = tx
-            .prepare(&format!("SELECT log_path FROM job_runs WHERE {old} AND log_path IS NOT NULL"))
+            .prepare(&format!(
+                "{KEEP} SELECT log_path FROM job_runs WHERE id NOT IN (SELECT id FROM keep) AND log_path IS NOT NULL"
+            ))
             .and_then(|mut q| q.query_map([ts(before)], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>())
             .map_err(sql)?;
-        tx.execute(&format!("DELETE FROM job_runs WHERE {old}"), [ts(before)]).map_err(sql)?;
+        let n = tx
+            .execute(&format!("{KEEP} DELETE FROM job_runs WHERE id NOT IN (SELECT id FROM keep)"), [ts(before)])
+            .map_err(sql)?;
         tx.commit().map_err(sql)?;
-        Ok(logs.into_iter().map(PathBuf::from).collect())
+        Ok((n, logs.into_iter().map(PathBuf::from).collect()))
     }
 
     // ---- snapshots and repositories
@@ -961,7 +972,8 @@ mod tests {
             ids.push(r.id);
         }
         let queued = c.insert_run(&new_run("backup:shop"), day(300)).unwrap();
-        let logs = c.prune_runs(day(30)).unwrap();
+        let (n, logs) = c.prune_runs(day(30)).unwrap();
+        assert_eq!(n, 3);
         let kept: Vec<i64> = c.list_runs(&RunFilter::default()).unwrap().iter().map(|r| r.id).collect();
         // Pruned: the superseded old success and both old failures that a
         // newer failure supersedes; their logs are handed back.
@@ -975,6 +987,32 @@ mod tests {
         assert_eq!(logs.len(), 3);
         let ok = c.last_run("backup:shop", &[RunStatus::Succeeded]).unwrap().unwrap();
         assert_eq!(ok.id, ids[1], "the last success survives however old");
+    }
+
+    #[test]
+    fn pruning_history_keeps_the_retries_of_kept_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let day = |d: i64| Utc::now() - chrono::Duration::days(d);
+        let finish = |n: NewRun, status: RunStatus, ago: i64| {
+            let r = c.insert_run(&n, day(ago)).unwrap();
+            assert!(c.start_run(r.id, day(ago), Path::new("/nonexistent/log")).unwrap());
+            c.finish_run(r.id, status, day(ago), &Outcome::default()).unwrap();
+            c.run(r.id).unwrap().unwrap()
+        };
+        // Interrupted, retried and interrupted again, retried and succeeded,
+        // all long ago; a newer success supersedes the retry's.
+        let r = finish(new_run("backup:shop"), RunStatus::Interrupted, 100);
+        let s = finish(NewRun::again(&r, "reschedule", 1, day(99)), RunStatus::Interrupted, 99);
+        let t = finish(NewRun::again(&s, "reschedule", 1, day(98)), RunStatus::Succeeded, 98);
+        let u = finish(new_run("backup:shop"), RunStatus::Succeeded, 1);
+        let (n, _) = c.prune_runs(day(30)).unwrap();
+        assert_eq!(n, 1, "only the first interruption goes");
+        assert!(c.run(r.id).unwrap().is_none());
+        for kept in [s.id, t.id, u.id] {
+            assert!(c.run(kept).unwrap().is_some(), "run {kept}");
+        }
+        assert!(c.interrupted_not_requeued().unwrap().is_empty(), "the kept interruption still shows its retry");
     }
 
     #[test]

@@ -390,9 +390,11 @@ impl Daemon {
             }
             *last = Some(now);
         }
-        let before = now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
-        let logs = match self.catalog.prune_runs(before) {
-            Ok(logs) => logs,
+        let Some(before) = history_cutoff(now, keep) else {
+            return;
+        };
+        let (pruned, logs) = match self.catalog.prune_runs(before) {
+            Ok(p) => p,
             Err(e) => {
                 tracing::warn!("pruning run history: {e}");
                 return;
@@ -410,8 +412,8 @@ impl Daemon {
                 }
             }
         }
-        if !logs.is_empty() {
-            tracing::info!("pruned {} runs that ended before {before} from the history", logs.len());
+        if pruned > 0 {
+            tracing::info!("pruned {pruned} runs that ended before {before} from the history");
         }
     }
 
@@ -908,10 +910,25 @@ impl Daemon {
     }
 }
 
+/// When runs must have ended to be pruned, keeping `keep`; `None` for a
+/// `keep` longer than the calendar goes back (`"1000000y"`, meant as
+/// "forever"), which keeps everything rather than overflow.
+fn history_cutoff(now: DateTime<Utc>, keep: Duration) -> Option<DateTime<Utc>> {
+    chrono::Duration::from_std(keep).ok().and_then(|k| now.checked_sub_signed(k))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::schedule::ManualClock;
+
+    #[test]
+    fn a_keep_history_beyond_the_calendar_keeps_everything() {
+        let now = at("2026-06-01T00:00:00Z");
+        assert_eq!(history_cutoff(now, Duration::from_secs(86_400)), Some(at("2026-05-31T00:00:00Z")));
+        assert_eq!(history_cutoff(now, Duration::from_secs(1_000_000 * 366 * 86_400)), None);
+        assert_eq!(history_cutoff(now, Duration::MAX), None);
+    }
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
