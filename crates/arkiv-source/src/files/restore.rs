@@ -218,12 +218,6 @@ struct Target {
     /// Bytes not written yet: the recorded size less every blob written
     /// (or left as a hole).
     remaining: AtomicU64,
-    created: AtomicBool,
-    /// Written with `O_DIRECT` (decided when it is created).
-    direct: AtomicBool,
-    /// Opened with `O_DIRECT` at some point, so possibly padded to a whole
-    /// block at its end, even if it fell back to buffered writes since.
-    was_direct: AtomicBool,
     slot: Mutex<Slot>,
 }
 
@@ -235,6 +229,12 @@ struct Slot {
     /// block number, kept until the blobs holding the rest of the block
     /// arrive (blobs come in pack order, not file order).
     partial: HashMap<u64, Vec<(u64, Vec<u8>)>>,
+    created: bool,
+    /// Written with `O_DIRECT` (decided when it is created).
+    direct: bool,
+    /// Opened with `O_DIRECT` at some point, so possibly padded to a whole
+    /// block at its end, even if it fell back to buffered writes since.
+    was_direct: bool,
 }
 
 impl Target {
@@ -244,19 +244,18 @@ impl Target {
         let mut slot = self.slot.lock().unwrap();
         let opened_now = slot.file.is_none();
         if opened_now {
-            slot.file = Some(self.open_or_create()?);
+            let f = self.open_or_create(&mut slot)?;
+            slot.file = Some(f);
         }
-        let Slot { file, partial } = &mut *slot;
+        let Slot { file, partial, direct, .. } = &mut *slot;
         let file = file.as_ref().expect("opened above");
-        let mut r = if self.direct.load(Ordering::Relaxed) {
-            write_direct(file, partial, data, off, self.size)
-        } else {
-            write_buffered(file, data, off)
-        };
-        if matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EINVAL)) && self.direct.load(Ordering::Relaxed) {
+        let mut r =
+            if *direct { write_direct(file, partial, data, off, self.size) } else { write_buffered(file, data, off) };
+        if *direct && matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EINVAL)) {
             // A file system that accepted O_DIRECT at open but not these
             // writes: finish the file through the page cache.
-            r = self.stop_direct(file, partial).and_then(|()| write_buffered(file, data, off));
+            *direct = false;
+            r = stop_direct(file, partial).and_then(|()| write_buffered(file, data, off));
         }
         if opened_now && open.fetch_add(1, Ordering::Relaxed) >= MAX_OPEN_FILES {
             open.fetch_sub(1, Ordering::Relaxed);
@@ -265,39 +264,16 @@ impl Target {
         r
     }
 
-    fn stop_direct(
-        &self,
-        file: &std::fs::File,
-        partial: &mut HashMap<u64, Vec<(u64, Vec<u8>)>>,
-    ) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        self.direct.store(false, Ordering::Relaxed);
-        let fd = file.as_raw_fd();
-        // SAFETY: fcntl on a descriptor this function borrows, with plain
-        // integer arguments.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        for (_, pieces) in partial.drain() {
-            for (at, bytes) in pieces {
-                file.write_all_at(&bytes, at)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn open_or_create(&self) -> std::io::Result<std::fs::File> {
-        let direct = |o: &mut OpenOptions| {
-            if self.direct.load(Ordering::Relaxed) {
+    fn open_or_create(&self, slot: &mut Slot) -> std::io::Result<std::fs::File> {
+        if slot.created {
+            let mut o = OpenOptions::new();
+            o.write(true);
+            if slot.direct {
                 o.custom_flags(libc::O_DIRECT);
             }
-        };
-        if self.created.swap(true, Ordering::Relaxed) {
-            let mut o = OpenOptions::new();
-            direct(o.write(true));
             return o.open(&self.path);
         }
+        slot.created = true;
         let file = OpenOptions::new().write(true).create_new(true).open(&self.path)?;
         file.set_len(self.size)?;
         if self.size < DIRECT_MIN {
@@ -307,8 +283,7 @@ impl Target {
         // not leave a file behind a failed create), then reopened with it.
         match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(&self.path) {
             Ok(f) => {
-                self.direct.store(true, Ordering::Relaxed);
-                self.was_direct.store(true, Ordering::Relaxed);
+                (slot.direct, slot.was_direct) = (true, true);
                 Ok(f)
             }
             Err(_) => Ok(file),
@@ -326,8 +301,8 @@ impl Target {
     /// cut it back to its size. Decided by `was_direct`, not `direct`: a
     /// file that fell back to buffered writes may have had its padded last
     /// block written before it did.
-    fn trim(&self) -> std::io::Result<()> {
-        if self.was_direct.load(Ordering::Relaxed) && self.size % BLOCK != 0 {
+    fn trim(&self, slot: &Slot) -> std::io::Result<()> {
+        if slot.was_direct && self.size % BLOCK != 0 {
             OpenOptions::new().write(true).open(&self.path)?.set_len(self.size)?;
         }
         Ok(())
@@ -351,6 +326,25 @@ fn injected_refusal() -> bool {
     });
     #[cfg(not(test))]
     false
+}
+
+/// Switches a file opened with `O_DIRECT` to buffered writes, writing
+/// the pieces of blocks still waiting for their neighbours.
+fn stop_direct(file: &std::fs::File, partial: &mut HashMap<u64, Vec<(u64, Vec<u8>)>>) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this function borrows, with plain
+    // integer arguments.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    for (_, pieces) in partial.drain() {
+        for (at, bytes) in pieces {
+            file.write_all_at(&bytes, at)?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes `data` at `off` through the page cache, leaving all-zero blocks
@@ -532,9 +526,6 @@ pub fn restore(
             size: f.node.size,
             damaged: AtomicBool::new(false),
             remaining: AtomicU64::new(f.node.size),
-            created: AtomicBool::new(false),
-            direct: AtomicBool::new(false),
-            was_direct: AtomicBool::new(false),
             slot: Mutex::new(Slot::default()),
         });
         file_items.push(f);
@@ -625,12 +616,13 @@ pub fn restore(
     // data came) still have to exist at their full length.
     for t in &targets {
         t.close(&open_files);
-        if !t.created.load(Ordering::Relaxed) {
-            if let Err(e) = t.open_or_create() {
+        let mut slot = t.slot.lock().unwrap();
+        if !slot.created {
+            if let Err(e) = t.open_or_create(&mut slot) {
                 return Err(io(&t.path, e));
             }
         }
-        if let Err(e) = t.trim() {
+        if let Err(e) = t.trim(&slot) {
             return Err(io(&t.path, e));
         }
     }
@@ -737,9 +729,6 @@ mod tests {
             size,
             damaged: AtomicBool::new(false),
             remaining: AtomicU64::new(size),
-            created: AtomicBool::new(false),
-            direct: AtomicBool::new(false),
-            was_direct: AtomicBool::new(false),
             slot: Mutex::new(Slot::default()),
         }
     }
@@ -775,13 +764,14 @@ mod tests {
                 t.write_blob(&open, bytes, *off).unwrap();
             }
             t.close(&open);
-            if !t.created.load(Ordering::Relaxed) {
-                t.open_or_create().unwrap();
+            let mut slot = t.slot.lock().unwrap();
+            if !slot.created {
+                t.open_or_create(&mut slot).unwrap();
             }
-            t.trim().unwrap();
+            t.trim(&slot).unwrap();
             let refused = REFUSE_DIRECT_AT.with(|c| c.replace(0)) == 0 && refuse_at > 0;
-            prop_assert_eq!(t.direct.load(Ordering::Relaxed), content.len() as u64 >= DIRECT_MIN && !refused);
-            prop_assert!(t.slot.lock().unwrap().partial.is_empty(), "pieces left unwritten");
+            prop_assert_eq!(slot.direct, content.len() as u64 >= DIRECT_MIN && !refused);
+            prop_assert!(slot.partial.is_empty(), "pieces left unwritten");
             let back = fs::read(&path).unwrap();
             prop_assert_eq!(back.len(), content.len());
             prop_assert!(back == content, "content differs");
