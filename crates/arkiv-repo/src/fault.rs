@@ -6,6 +6,63 @@
 //! "injected fault"), because that is what a flaky network produces and what
 //! retry logic must handle.
 
+/// Implements the named `Service` methods by passing each call to
+/// `self.inner` unchanged. Arkiv's OpenDAL layers (this one, and the FTP
+/// work-arounds in `location.rs`) each change a few operations; OpenDAL's
+/// `Service` has no default methods, so without this each layer would
+/// spell out every other operation again. Methods returning an associated
+/// type (`write`, `delete`, `copy`, `compose`) need that type to be the
+/// inner service's.
+macro_rules! forward_to_inner {
+    ($($method:ident),* $(,)?) => { $( $crate::fault::forward_to_inner!(@ $method); )* };
+    (@ info) => { fn info(&self) -> ServiceInfo { self.inner.info() } };
+    (@ capability) => { fn capability(&self) -> Capability { self.inner.capability() } };
+    (@ create_dir) => {
+        async fn create_dir(&self, ctx: &OperationContext, path: &str, args: OpCreateDir) -> Result<RpCreateDir> {
+            self.inner.create_dir(ctx, path, args).await
+        }
+    };
+    (@ stat) => {
+        async fn stat(&self, ctx: &OperationContext, path: &str, args: OpStat) -> Result<RpStat> {
+            self.inner.stat(ctx, path, args).await
+        }
+    };
+    (@ write) => {
+        fn write(&self, ctx: &OperationContext, path: &str, args: OpWrite) -> Result<Self::Writer> {
+            self.inner.write(ctx, path, args)
+        }
+    };
+    (@ delete) => {
+        fn delete(&self, ctx: &OperationContext) -> Result<Self::Deleter> { self.inner.delete(ctx) }
+    };
+    (@ copy) => {
+        fn copy(&self, ctx: &OperationContext, from: &str, to: &str, args: OpCopy) -> Result<Self::Copier> {
+            self.inner.copy(ctx, from, to, args)
+        }
+    };
+    (@ compose) => {
+        fn compose(&self, ctx: &OperationContext, to: &str, args: OpCompose) -> Result<Self::Composer> {
+            self.inner.compose(ctx, to, args)
+        }
+    };
+    (@ rename) => {
+        async fn rename(&self, ctx: &OperationContext, from: &str, to: &str, args: OpRename) -> Result<RpRename> {
+            self.inner.rename(ctx, from, to, args).await
+        }
+    };
+    (@ restore) => {
+        async fn restore(&self, ctx: &OperationContext, path: &str, args: OpRestore) -> Result<RpRestore> {
+            self.inner.restore(ctx, path, args).await
+        }
+    };
+    (@ presign) => {
+        async fn presign(&self, ctx: &OperationContext, path: &str, args: OpPresign) -> Result<RpPresign> {
+            self.inner.presign(ctx, path, args).await
+        }
+    };
+}
+pub(crate) use forward_to_inner;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -187,15 +244,10 @@ impl Service for FaultService {
     type Copier = oio::Copier;
     type Composer = oio::Composer;
 
-    fn info(&self) -> ServiceInfo {
-        self.inner.info()
-    }
-    fn capability(&self) -> Capability {
-        self.inner.capability()
-    }
-    async fn create_dir(&self, ctx: &OperationContext, path: &str, args: OpCreateDir) -> Result<RpCreateDir> {
-        self.inner.create_dir(ctx, path, args).await
-    }
+    // Not faulted: Arkiv's repository never copies, composes, renames,
+    // restores or presigns, and creates directories only where writes
+    // would anyway.
+    forward_to_inner!(info, capability, create_dir, copy, compose, rename, restore, presign);
 
     async fn stat(&self, ctx: &OperationContext, path: &str, args: OpStat) -> Result<RpStat> {
         self.state.before("stat").await?;
@@ -216,24 +268,6 @@ impl Service for FaultService {
 
     fn list(&self, ctx: &OperationContext, path: &str, args: OpList) -> Result<Self::Lister> {
         Ok(FaultLister { inner: self.inner.list(ctx, path, args)?, state: self.state.clone(), started: false })
-    }
-
-    // Not faulted: Arkiv's repository never copies, composes, renames,
-    // restores or presigns.
-    fn copy(&self, ctx: &OperationContext, from: &str, to: &str, args: OpCopy) -> Result<Self::Copier> {
-        self.inner.copy(ctx, from, to, args)
-    }
-    fn compose(&self, ctx: &OperationContext, to: &str, args: OpCompose) -> Result<Self::Composer> {
-        self.inner.compose(ctx, to, args)
-    }
-    async fn rename(&self, ctx: &OperationContext, from: &str, to: &str, args: OpRename) -> Result<RpRename> {
-        self.inner.rename(ctx, from, to, args).await
-    }
-    async fn restore(&self, ctx: &OperationContext, path: &str, args: OpRestore) -> Result<RpRestore> {
-        self.inner.restore(ctx, path, args).await
-    }
-    async fn presign(&self, ctx: &OperationContext, path: &str, args: OpPresign) -> Result<RpPresign> {
-        self.inner.presign(ctx, path, args).await
     }
 }
 

@@ -399,26 +399,12 @@ mod ftp {
         type Copier = oio::Copier;
         type Composer = oio::Composer;
 
-        fn info(&self) -> ServiceInfo {
-            self.inner.info()
-        }
-        fn capability(&self) -> Capability {
-            self.inner.capability()
-        }
-        async fn create_dir(&self, ctx: &OperationContext, path: &str, args: OpCreateDir) -> Result<RpCreateDir> {
-            self.inner.create_dir(ctx, path, args).await
-        }
-        async fn stat(&self, ctx: &OperationContext, path: &str, args: OpStat) -> Result<RpStat> {
-            self.inner.stat(ctx, path, args).await
-        }
+        crate::fault::forward_to_inner!(
+            info, capability, create_dir, stat, write, delete, copy, compose, rename, restore, presign
+        );
+
         fn read(&self, ctx: &OperationContext, path: &str, args: OpRead) -> Result<Self::Reader> {
             Ok(FtpReader { inner: self.inner.read(ctx, path, args)? })
-        }
-        fn write(&self, ctx: &OperationContext, path: &str, args: OpWrite) -> Result<Self::Writer> {
-            self.inner.write(ctx, path, args)
-        }
-        fn delete(&self, ctx: &OperationContext) -> Result<Self::Deleter> {
-            self.inner.delete(ctx)
         }
         fn list(&self, ctx: &OperationContext, path: &str, args: OpList) -> Result<Self::Lister> {
             Ok(FtpLister {
@@ -428,21 +414,6 @@ mod ftp {
                 args: Some(args),
                 inner: None,
             })
-        }
-        fn copy(&self, ctx: &OperationContext, from: &str, to: &str, args: OpCopy) -> Result<Self::Copier> {
-            self.inner.copy(ctx, from, to, args)
-        }
-        fn compose(&self, ctx: &OperationContext, to: &str, args: OpCompose) -> Result<Self::Composer> {
-            self.inner.compose(ctx, to, args)
-        }
-        async fn rename(&self, ctx: &OperationContext, from: &str, to: &str, args: OpRename) -> Result<RpRename> {
-            self.inner.rename(ctx, from, to, args).await
-        }
-        async fn restore(&self, ctx: &OperationContext, path: &str, args: OpRestore) -> Result<RpRestore> {
-            self.inner.restore(ctx, path, args).await
-        }
-        async fn presign(&self, ctx: &OperationContext, path: &str, args: OpPresign) -> Result<RpPresign> {
-            self.inner.presign(ctx, path, args).await
         }
     }
 
