@@ -55,7 +55,7 @@ fn main() {
                 .map(|k| PackEntry {
                     id: synthetic_id(i + k),
                     blob_type: BlobType::Data,
-                    compressed: true,
+                    encoding: arkiv_repo::pack::Encoding::Zstd,
                     offset: (40 + k * 1024) as u32,
                     length: 1024,
                     raw_length: 2048,

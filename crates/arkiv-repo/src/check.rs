@@ -23,7 +23,7 @@ use crate::crypto::TAG_LEN;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{Index, IndexFile};
-use crate::pack::{self, BlobType, PackEntry, ENTRY_LEN};
+use crate::pack::{self, BlobType, Encoding, PackEntry, ENTRY_LEN};
 use crate::repository::Repository;
 use crate::tree::{NodeKind, Tree};
 
@@ -168,6 +168,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
         tree: &Id,
         path: &str,
         seen: &Mutex<HashSet<Id>>,
+        deltas: &Mutex<HashMap<Id, String>>,
         err: &(dyn Fn(String) + Sync),
     ) {
         if !seen.lock().unwrap().insert(*tree) {
@@ -181,12 +182,19 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
             let p = format!("{}/{}", path.trim_end_matches('/'), n.name.lossy());
             match n.kind {
                 NodeKind::Dir => match &n.subtree {
-                    Some(sub) => walk(ix, snap, sub, &p, seen, err),
+                    Some(sub) => walk(ix, snap, sub, &p, seen, deltas, err),
                     None => err(format!("snapshot {}: {p}: directory without a tree", snap.short())),
                 },
                 NodeKind::File => {
                     for b in &n.content {
                         match ix.index().get(b) {
+                            Some(l) if l.entry.encoding == Encoding::Delta => {
+                                deltas
+                                    .lock()
+                                    .unwrap()
+                                    .entry(*b)
+                                    .or_insert_with(|| format!("snapshot {}: {p}", snap.short()));
+                            }
                             Some(l) if l.entry.blob_type == BlobType::Data => {}
                             Some(_) => err(format!("snapshot {}: {p}: blob {b} is not a data blob", snap.short())),
                             None => err(format!("snapshot {}: {p}: blob {b} is missing from the index", snap.short())),
@@ -197,12 +205,30 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
             }
         });
     }
-    roots.par_iter().for_each(|(s, t)| walk(&indexed, s, t, "/", &seen, &err));
+    let deltas: Mutex<HashMap<Id, String>> = Mutex::new(HashMap::new());
+    roots.par_iter().for_each(|(s, t)| walk(&indexed, s, t, "/", &seen, &deltas, &err));
     report.trees = seen.lock().unwrap().len();
+    // A delta blob is whole only with its bases, which no tree names: each
+    // delta is read (they are small) for the bases it names.
+    let deltas: Vec<(Id, String)> = deltas.into_inner().unwrap().into_iter().collect();
+    deltas.par_iter().for_each(|(id, place)| {
+        let Some(loc) = indexed.index().get(id) else { return };
+        match indexed.delta_bases(&loc) {
+            Ok(bases) => {
+                for base in bases {
+                    match indexed.locate(&base) {
+                        Some(b) if b.entry.blob_type == BlobType::Data && b.entry.encoding != Encoding::Delta => {}
+                        Some(_) => err(format!("{place}: blob {id}: its delta base {base} is not a full data blob")),
+                        None => err(format!("{place}: blob {id}: its delta base {base} is missing from the index")),
+                    }
+                }
+            }
+            Err(e) => err(format!("{place}: blob {id}: {e}")),
+        }
+    });
 
     // Data. The trees decoded above are garbage now; return their memory
     // before whole packs are read.
-    drop(indexed);
     crate::repository::release_free_memory();
     let mut to_read: Vec<(Id, &([u8; crate::crypto::SALT_LEN], Vec<PackEntry>))> =
         pack_entries.iter().filter(|(id, _)| stored.contains_key(&id.to_hex())).map(|(id, e)| (*id, e)).collect();
@@ -225,7 +251,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
         match repo.backend().read_stored(crate::writer::pack_kind(entries), &name) {
             Ok(bytes) => {
                 progress.bytes_read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                for e in verify_pack(repo, id, salt, &bytes, entries) {
+                for e in verify_pack(repo, id, salt, &bytes, entries, &|b| indexed.base(b)) {
                     err(e);
                 }
             }
@@ -264,6 +290,7 @@ fn verify_pack(
     index_salt: &[u8; crate::crypto::SALT_LEN],
     bytes: &[u8],
     entries: &[PackEntry],
+    bases: pack::Bases,
 ) -> Vec<String> {
     let mut out = Vec::new();
     // Restore derives the pack key from the salt the index records; a pack
@@ -299,7 +326,7 @@ fn verify_pack(
         .filter_map(|e| {
             let range = e.offset as usize..e.offset as usize + e.length as usize;
             match bytes.get(range) {
-                Some(ct) => pack::open_blob(repo.key(), &cipher, e, ct, &id.to_hex()).err().map(|err| {
+                Some(ct) => pack::open_blob(repo.key(), &cipher, e, ct, &id.to_hex(), bases).err().map(|err| {
                     let reason = match err {
                         Error::Corrupt { reason, .. } => reason,
                         other => other.to_string(),

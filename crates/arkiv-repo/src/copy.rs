@@ -88,7 +88,7 @@ impl Copier<'_> {
                     continue;
                 }
                 let reader = ContentReader::new(self.src, &node.content);
-                let (ids, _) = self.writer.save_stream(reader, &|_| {}).map_err(|e| match e {
+                let (ids, _) = self.writer.save_stream(reader, None, &|_| {}).map_err(|e| match e {
                     Error::Io { cause: source, .. } => {
                         Error::Invalid(format!("copying {}: {source}", node.name.lossy()))
                     }

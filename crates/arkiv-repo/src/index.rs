@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use crate::crypto::SALT_LEN;
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::pack::{BlobType, PackEntry, ENTRY_LEN};
+use crate::pack::{BlobType, Encoding, PackEntry, ENTRY_LEN};
 
 /// A pack as an index file describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +96,7 @@ struct Entry {
     length: u32,
     raw_length: u32,
     blob_type: u8,
-    compressed: u8,
+    encoding: u8,
 }
 
 fn prefix(id: &[u8; 32]) -> usize {
@@ -160,7 +160,7 @@ impl Index {
             length: e.length,
             raw_length: e.raw_length,
             blob_type: e.blob_type as u8,
-            compressed: e.compressed as u8,
+            encoding: e.encoding.to_u8(),
         }));
     }
 
@@ -220,7 +220,7 @@ impl Index {
             entry: PackEntry {
                 id: Id(e.id),
                 blob_type: BlobType::from_u8(e.blob_type).unwrap_or(BlobType::Data),
-                compressed: e.compressed != 0,
+                encoding: Encoding::from_u8(e.encoding),
                 offset: e.offset,
                 length: e.length,
                 raw_length: e.raw_length,
@@ -267,7 +267,7 @@ mod tests {
         PackEntry {
             id: Id(id),
             blob_type: BlobType::Data,
-            compressed: offset % 2 == 0,
+            encoding: if offset % 2 == 0 { Encoding::Zstd } else { Encoding::Raw },
             offset,
             length: 100,
             raw_length: 90,

@@ -18,6 +18,7 @@ pub mod chunker;
 pub mod content;
 pub mod copy;
 pub mod crypto;
+pub mod delta;
 pub mod envelope;
 pub mod error;
 pub mod fault;

@@ -6,6 +6,8 @@
 //! preamble) with its offset as nonce. The header repeats what the index
 //! says, so a lost index can be rebuilt from the packs alone.
 
+use std::sync::Arc;
+
 use crate::crypto::{offset_nonce, random_salt, MasterKey, ObjectCipher, HEADER_NONCE, SALT_LEN, TAG_LEN};
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -15,6 +17,55 @@ pub const PACK_VERSION: u8 = 1;
 pub const PREAMBLE_LEN: usize = 8 + SALT_LEN;
 pub const ENTRY_LEN: usize = 48;
 const FLAG_ZSTD: u8 = 1;
+const FLAG_DELTA: u8 = 2;
+
+/// How a blob's plaintext became its stored bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// Stored as it is.
+    Raw,
+    /// One zstd frame.
+    Zstd,
+    /// A delta from another blob: its id, then a zstd frame that copies
+    /// from it (`delta.rs`).
+    Delta,
+}
+
+impl Encoding {
+    fn flags(self) -> u8 {
+        match self {
+            Encoding::Raw => 0,
+            Encoding::Zstd => FLAG_ZSTD,
+            Encoding::Delta => FLAG_ZSTD | FLAG_DELTA,
+        }
+    }
+
+    fn from_flags(f: u8) -> Option<Encoding> {
+        match f {
+            0 => Some(Encoding::Raw),
+            FLAG_ZSTD => Some(Encoding::Zstd),
+            x if x == FLAG_ZSTD | FLAG_DELTA => Some(Encoding::Delta),
+            _ => None,
+        }
+    }
+
+    /// The one-byte form the in-memory index keeps.
+    pub fn to_u8(self) -> u8 {
+        self.flags()
+    }
+
+    pub fn from_u8(b: u8) -> Encoding {
+        Encoding::from_flags(b).unwrap_or(Encoding::Raw)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Raw => "raw",
+            Encoding::Zstd => "zstd",
+            Encoding::Delta => "delta",
+        }
+    }
+}
 
 /// What a blob holds. Tree blobs go to packs of their own so metadata can
 /// later live apart from bulk data (hot/cold storage).
@@ -49,7 +100,7 @@ pub fn blob_id(key: &MasterKey, t: BlobType, plaintext: &[u8]) -> Id {
 pub struct PackEntry {
     pub id: Id,
     pub blob_type: BlobType,
-    pub compressed: bool,
+    pub encoding: Encoding,
     /// Where the ciphertext starts in the pack; also the blob's nonce.
     pub offset: u32,
     /// Ciphertext length, tag included.
@@ -61,7 +112,7 @@ pub struct PackEntry {
 impl PackEntry {
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.push(self.blob_type as u8);
-        out.push(if self.compressed { FLAG_ZSTD } else { 0 });
+        out.push(self.encoding.flags());
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&self.offset.to_le_bytes());
         out.extend_from_slice(&self.length.to_le_bytes());
@@ -76,7 +127,8 @@ impl PackEntry {
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
         Some(PackEntry {
             blob_type: BlobType::from_u8(b[0])?,
-            compressed: b[1] & FLAG_ZSTD != 0,
+            // Flags this version does not know would misread the blob.
+            encoding: Encoding::from_flags(b[1])?,
             offset: u32_at(4),
             length: u32_at(8),
             raw_length: u32_at(12),
@@ -125,15 +177,23 @@ impl Packer {
         self.entries.len()
     }
 
-    /// Seals `stored` (the blob's bytes, compressed or not) into the pack.
-    pub fn add(&mut self, id: Id, blob_type: BlobType, stored: &[u8], compressed: bool, raw_length: u32) -> PackEntry {
+    /// Seals `stored` (the blob's bytes, encoded as `encoding` says) into
+    /// the pack.
+    pub fn add(
+        &mut self,
+        id: Id,
+        blob_type: BlobType,
+        stored: &[u8],
+        encoding: Encoding,
+        raw_length: u32,
+    ) -> PackEntry {
         let offset = self.buf.len();
         self.buf.extend_from_slice(stored);
         self.cipher.seal_tail(&offset_nonce(offset as u64), &[], &mut self.buf, offset);
         let e = PackEntry {
             id,
             blob_type,
-            compressed,
+            encoding,
             offset: offset as u32,
             length: (stored.len() + TAG_LEN) as u32,
             raw_length,
@@ -211,6 +271,15 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+/// Where delta blobs' bases come from: a full blob's plaintext, by id.
+pub type Bases<'b> = &'b (dyn Fn(&Id) -> Result<Arc<Vec<u8>>> + Sync);
+
+/// For packs that hold no delta blobs (or callers that must not follow
+/// one): a delta blob fails to open.
+pub fn no_bases(id: &Id) -> Result<Arc<Vec<u8>>> {
+    Err(Error::Invalid(format!("delta base {id} cannot be read here")))
+}
+
 /// Decrypts one blob's ciphertext, decompresses it and checks that its
 /// keyed hash is the id it was stored under: the end-to-end verification
 /// every restore and `check --read-data` relies on.
@@ -220,16 +289,29 @@ pub fn open_blob(
     entry: &PackEntry,
     ciphertext: &[u8],
     object: &str,
+    bases: Bases,
 ) -> Result<Vec<u8>> {
     let mut stored = ciphertext.to_vec();
     let mut out = Vec::new();
-    let n = open_blob_in_place(key, cipher, entry, &mut stored, object, &mut out)?.len();
-    if entry.compressed {
-        Ok(out)
-    } else {
+    let n = open_blob_in_place(key, cipher, entry, &mut stored, object, &mut out, bases)?.len();
+    if entry.encoding == Encoding::Raw {
         stored.truncate(n);
         Ok(stored)
+    } else {
+        Ok(out)
     }
+}
+
+/// The bases a delta blob names, read from its stored bytes (decrypted,
+/// not decompressed): what prune and check follow to keep bases alive.
+pub fn delta_bases(cipher: &ObjectCipher, entry: &PackEntry, ciphertext: &mut [u8], object: &str) -> Result<Vec<Id>> {
+    let what = || format!("blob {} in pack {}", entry.id, object);
+    let n = cipher
+        .open_in_place(&offset_nonce(entry.offset as u64), &[], ciphertext)
+        .ok_or_else(|| Error::corrupt(what(), "authentication failed"))?;
+    crate::delta::split(&ciphertext[..n])
+        .map(|(b, _)| b)
+        .ok_or_else(|| Error::corrupt(what(), "delta header is malformed"))
 }
 
 /// [`open_blob`] on a ciphertext the caller lets it overwrite: decrypted
@@ -245,11 +327,32 @@ pub fn open_blob_in_place<'a>(
     stored: &'a mut [u8],
     object: &str,
     out: &'a mut Vec<u8>,
+    bases: Bases,
 ) -> Result<&'a [u8]> {
     let what = || format!("blob {} in pack {}", entry.id, object);
     let nonce = offset_nonce(entry.offset as u64);
     let n = cipher.open_in_place(&nonce, &[], stored).ok_or_else(|| Error::corrupt(what(), "authentication failed"))?;
-    let plain: &[u8] = if entry.compressed {
+    let plain: &[u8] = if entry.encoding == Encoding::Delta {
+        let (ids, frame) =
+            crate::delta::split(&stored[..n]).ok_or_else(|| Error::corrupt(what(), "delta header is malformed"))?;
+        let mut prefix = Vec::new();
+        for id in &ids {
+            let base = bases(id).map_err(|e| match e {
+                Error::BlobNotFound(b) => Error::corrupt(what(), format!("its delta base {b} is missing")),
+                other => other,
+            })?;
+            if ids.len() == 1 {
+                // One base, the usual case: decoded from where it lies.
+                crate::delta::decode(&base, frame, entry.raw_length as usize, out)
+                    .map_err(|e| Error::corrupt(what(), format!("delta from {id} failed: {e}")))?;
+                return check_id(key, entry, out, &what);
+            }
+            prefix.extend_from_slice(&base);
+        }
+        crate::delta::decode(&prefix, frame, entry.raw_length as usize, out)
+            .map_err(|e| Error::corrupt(what(), format!("delta from {} bases failed: {e}", ids.len())))?;
+        out
+    } else if entry.encoding == Encoding::Zstd {
         out.clear();
         DCTX.with(|cell| {
             let mut dctx = cell.borrow_mut();
@@ -272,6 +375,10 @@ pub fn open_blob_in_place<'a>(
     } else {
         &stored[..n]
     };
+    check_id(key, entry, plain, &what)
+}
+
+fn check_id<'a>(key: &MasterKey, entry: &PackEntry, plain: &'a [u8], what: &dyn Fn() -> String) -> Result<&'a [u8]> {
     if plain.len() != entry.raw_length as usize || blob_id(key, entry.blob_type, plain) != entry.id {
         return Err(Error::corrupt(what(), "content does not match its id"));
     }
@@ -289,7 +396,7 @@ mod tests {
             let k = MasterKey::generate();
             let mut p = Packer::new(&k, 1 << 16);
             for b in &blobs {
-                p.add(k.blob_id(b), BlobType::Data, b, false, b.len() as u32);
+                p.add(k.blob_id(b), BlobType::Data, b, Encoding::Raw, b.len() as u32);
             }
             let f = p.finish();
             prop_assert_eq!(Id::of_stored(&f.bytes), f.id);
@@ -298,7 +405,7 @@ mod tests {
             let c = k.pack_cipher(&salt);
             for (e, b) in entries.iter().zip(&blobs) {
                 let ct = &f.bytes[e.offset as usize..(e.offset + e.length) as usize];
-                prop_assert_eq!(&open_blob(&k, &c, e, ct, "p").unwrap(), b);
+                prop_assert_eq!(&open_blob(&k, &c, e, ct, "p", &no_bases).unwrap(), b);
             }
         }
     }
@@ -317,7 +424,7 @@ mod tests {
             let mut p = Packer::new(&k, 1 << 16);
             for (i, b) in blobs.iter().enumerate() {
                 let stored = if compress[i] { zstd::bulk::compress(b, 3).unwrap() } else { b.clone() };
-                p.add(k.blob_id(b), BlobType::Data, &stored, compress[i], b.len() as u32);
+                p.add(k.blob_id(b), BlobType::Data, &stored, if compress[i] { Encoding::Zstd } else { Encoding::Raw }, b.len() as u32);
             }
             let mut f = p.finish();
             let bad = damaged.index(blobs.len());
@@ -328,7 +435,7 @@ mod tests {
             let mut out = Vec::new();
             for (i, (e, b)) in entries.iter().zip(&blobs).enumerate() {
                 let ct = &mut f.bytes[e.offset as usize..(e.offset + e.length) as usize];
-                match open_blob_in_place(&k, &c, e, ct, "p", &mut out) {
+                match open_blob_in_place(&k, &c, e, ct, "p", &mut out, &no_bases) {
                     Ok(plain) => prop_assert!(i != bad && plain == &b[..]),
                     Err(err) => prop_assert!(i == bad && err.to_string().contains("authentication failed"), "{err}"),
                 }
@@ -342,17 +449,47 @@ mod tests {
         let mut p = Packer::new(&k, 1024);
         let a = b"first blob".to_vec();
         let b = b"second blob".to_vec();
-        p.add(k.blob_id(&a), BlobType::Data, &a, false, a.len() as u32);
-        p.add(k.blob_id(&b), BlobType::Data, &b, false, b.len() as u32);
+        p.add(k.blob_id(&a), BlobType::Data, &a, Encoding::Raw, a.len() as u32);
+        p.add(k.blob_id(&b), BlobType::Data, &b, Encoding::Raw, b.len() as u32);
         let mut f = p.finish();
         let e1 = f.entries[1];
         f.bytes[e1.offset as usize + 2] ^= 0x40;
         let (salt, entries) = read_header(&k, "p", &f.bytes).unwrap();
         let c = k.pack_cipher(&salt);
         let ct = |e: &PackEntry| f.bytes[e.offset as usize..(e.offset + e.length) as usize].to_vec();
-        assert!(open_blob(&k, &c, &entries[0], &ct(&entries[0]), "p").is_ok());
-        let err = open_blob(&k, &c, &entries[1], &ct(&entries[1]), "p").unwrap_err().to_string();
+        assert!(open_blob(&k, &c, &entries[0], &ct(&entries[0]), "p", &no_bases).is_ok());
+        let err = open_blob(&k, &c, &entries[1], &ct(&entries[1]), "p", &no_bases).unwrap_err().to_string();
         assert!(err.contains(&e1.id.to_hex()) && err.contains("authentication failed"), "{err}");
+    }
+
+    #[test]
+    fn a_delta_blob_opens_from_its_base_and_only_from_it() {
+        let k = MasterKey::generate();
+        let base = b"row 1, row 2, row 3, row 4, row 5; ".repeat(60);
+        let mut data = base.clone();
+        data.drain(700..720);
+        let base_id = k.blob_id(&base);
+        let mut stored = Vec::new();
+        crate::delta::encode(3, &[base_id], &base, &data, &mut stored).unwrap();
+        let mut p = Packer::new(&k, 1 << 14);
+        p.add(k.blob_id(&data), BlobType::Data, &stored, Encoding::Delta, data.len() as u32);
+        let f = p.finish();
+        let (salt, entries) = read_header(&k, "p", &f.bytes).unwrap();
+        assert_eq!(entries[0].encoding, Encoding::Delta);
+        let c = k.pack_cipher(&salt);
+        let ct = f.bytes[entries[0].offset as usize..(entries[0].offset + entries[0].length) as usize].to_vec();
+        let good = Arc::new(base.clone());
+        let bases = |id: &Id| if *id == base_id { Ok(good.clone()) } else { Err(Error::BlobNotFound(*id)) };
+        assert_eq!(open_blob(&k, &c, &entries[0], &ct, "p", &bases).unwrap(), data);
+        assert_eq!(delta_bases(&c, &entries[0], &mut ct.clone(), "p").unwrap(), vec![base_id]);
+        // A base that is gone, or another base under its id, is damage
+        // named on the delta blob.
+        let err = open_blob(&k, &c, &entries[0], &ct, "p", &|id: &Id| Err(Error::BlobNotFound(*id))).unwrap_err();
+        assert!(err.to_string().contains(&format!("its delta base {base_id} is missing")), "{err}");
+        let other = Arc::new(base.iter().map(|b| b.to_ascii_uppercase()).collect::<Vec<u8>>());
+        let err = open_blob(&k, &c, &entries[0], &ct, "p", &|_: &Id| Ok(other.clone())).unwrap_err();
+        assert!(err.to_string().contains(&entries[0].id.to_hex()), "{err}");
+        assert!(open_blob(&k, &c, &entries[0], &ct, "p", &no_bases).is_err());
     }
 
     #[test]
@@ -362,14 +499,14 @@ mod tests {
         assert_ne!(blob_id(&k, BlobType::Data, listing), blob_id(&k, BlobType::Tree, listing));
         // A blob stored as one type does not verify as the other.
         let mut p = Packer::new(&k, 1024);
-        p.add(blob_id(&k, BlobType::Tree, listing), BlobType::Tree, listing, false, listing.len() as u32);
+        p.add(blob_id(&k, BlobType::Tree, listing), BlobType::Tree, listing, Encoding::Raw, listing.len() as u32);
         let f = p.finish();
         let (salt, mut entries) = read_header(&k, "p", &f.bytes).unwrap();
         let ct = f.bytes[entries[0].offset as usize..(entries[0].offset + entries[0].length) as usize].to_vec();
         let c = k.pack_cipher(&salt);
-        assert!(open_blob(&k, &c, &entries[0], &ct, "p").is_ok());
+        assert!(open_blob(&k, &c, &entries[0], &ct, "p", &no_bases).is_ok());
         entries[0].blob_type = BlobType::Data;
-        assert!(open_blob(&k, &c, &entries[0], &ct, "p").is_err());
+        assert!(open_blob(&k, &c, &entries[0], &ct, "p", &no_bases).is_err());
     }
 
     #[test]
@@ -377,7 +514,7 @@ mod tests {
         let e = PackEntry {
             id: Id([7; 32]),
             blob_type: BlobType::Tree,
-            compressed: true,
+            encoding: Encoding::Zstd,
             offset: 1,
             length: 2,
             raw_length: 3,

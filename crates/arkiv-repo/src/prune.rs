@@ -24,7 +24,11 @@ use crate::backend::FileKind;
 use crate::envelope::EnvelopeKind;
 use crate::error::{Error, Result};
 use crate::id::Id;
+use rayon::prelude::*;
+
+use crate::delta::Bases;
 use crate::index::{BlobLocation, Index, IndexFile, IndexedPack, PackRef};
+use crate::pack::Encoding;
 use crate::repository::{Indexed, Repository};
 use crate::writer::Writer;
 
@@ -197,6 +201,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &dyn Fn(&str)) ->
 
     progress("finding used blobs");
     let mut used = Bits::new(full.len());
+    let mut deltas: Vec<Id> = Vec::new();
     report.snapshots = snapshots.len();
     for (name, _) in &snapshots {
         let sid: Id = name.parse().map_err(|_| Error::corrupt(name, "bad snapshot name"))?;
@@ -220,11 +225,35 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &dyn Fn(&str)) ->
             let tree = indexed.load_tree(&tree_id)?;
             for node in &tree.nodes {
                 for c in &node.content {
-                    used.set(full.position(c).ok_or_else(|| missing(c))?);
+                    if used.set(full.position(c).ok_or_else(|| missing(c))?)
+                        && full.get(c).is_some_and(|l| l.entry.encoding == Encoding::Delta)
+                    {
+                        deltas.push(*c);
+                    }
                 }
                 if let Some(sub) = node.subtree {
                     stack.push(sub);
                 }
+            }
+        }
+    }
+
+    // A delta blob needs its bases, which no tree names: each used delta
+    // is read (they are small) for the bases it names. Bases are never deltas,
+    // so one round reaches them all.
+    if !deltas.is_empty() {
+        progress("finding delta bases");
+        let bases: Vec<Result<Vec<Id>>> =
+            deltas.par_iter().map(|d| indexed.delta_bases(&full.get(d).expect("indexed above"))).collect();
+        for (d, b) in deltas.iter().zip(bases) {
+            let b = b.map_err(|e| Error::Invalid(format!("delta blob {d}: {e}; prune changed nothing")))?;
+            for b in b {
+                let pos = full.position(&b).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "delta blob {d} needs base {b}, which no index names; prune changed nothing (run `arkiv check`)"
+                    ))
+                })?;
+                used.set(pos);
             }
         }
     }
@@ -365,9 +394,18 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &dyn Fn(&str)) ->
             let p = &active[i];
             for (e, u) in p.entries.iter().zip(&active_use[i]) {
                 if *u {
-                    let data =
-                        indexed.read_located(&BlobLocation { pack: PackRef { id: p.id, salt: p.salt }, entry: *e })?;
-                    writer.save_with_id(e.blob_type, e.id, &data)?;
+                    let loc = BlobLocation { pack: PackRef { id: p.id, salt: p.salt }, entry: *e };
+                    let data = indexed.read_located(&loc)?;
+                    if e.encoding == Encoding::Delta {
+                        // Kept a delta of the same base, which the marking
+                        // above keeps too.
+                        match Bases::load(&indexed, &indexed.delta_bases(&loc)?) {
+                            Some(bases) => writer.save_delta(e.id, &data, &bases)?,
+                            None => writer.save_with_id(e.blob_type, e.id, &data)?,
+                        };
+                    } else {
+                        writer.save_with_id(e.blob_type, e.id, &data)?;
+                    }
                 }
             }
             mark.push(p.clone());

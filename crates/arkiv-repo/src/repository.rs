@@ -518,7 +518,7 @@ impl Repository {
         }
         index.finish();
         release_free_memory();
-        Ok(Indexed { repo: self, index: Arc::new(index), pending: Arc::new(pending) })
+        Ok(Indexed { repo: self, index: Arc::new(index), pending: Arc::new(pending), bases: Default::default() })
     }
 }
 
@@ -552,13 +552,21 @@ pub struct Indexed {
     /// before the next prune puts its pack back; never used to deduplicate,
     /// or a backup could come to rely on a pack about to be deleted.
     pending: Arc<Index>,
+    /// Delta bases read lately, newest last.
+    bases: Arc<RecentBases>,
 }
+
+type RecentBases = std::sync::Mutex<Vec<(Id, Arc<Vec<u8>>)>>;
+
+/// How many delta bases [`Indexed::base`] keeps: a backup reads a base
+/// once to open the parent's delta and again to encode against it.
+const BASES_KEPT: usize = 16;
 
 impl Indexed {
     /// An indexed state from an index built elsewhere (check builds its
     /// own, tolerating damaged index files).
     pub fn from_parts(repo: Repository, index: Index) -> Indexed {
-        Indexed { repo, index: Arc::new(index), pending: Arc::new(Index::new()) }
+        Indexed { repo, index: Arc::new(index), pending: Arc::new(Index::new()), bases: Default::default() }
     }
 
     /// Where a blob is, in the index or else among packs awaiting deletion.
@@ -581,6 +589,13 @@ impl Indexed {
     }
 
     pub fn read_located(&self, loc: &BlobLocation) -> Result<Vec<u8>> {
+        let (name, ct) = self.read_ciphertext(loc)?;
+        let cipher = self.repo.key().pack_cipher(&loc.pack.salt);
+        pack::open_blob(self.repo.key(), &cipher, &loc.entry, &ct, &name, &|b| self.base(b))
+    }
+
+    /// One blob's ciphertext, and the name of its pack.
+    fn read_ciphertext(&self, loc: &BlobLocation) -> Result<(String, bytes::Bytes)> {
         let name = loc.pack.id.to_hex();
         let ct = self.repo.backend().read_range(
             pack_kind_of(loc.entry.blob_type),
@@ -588,8 +603,33 @@ impl Indexed {
             loc.entry.offset as u64,
             loc.entry.length as u64,
         )?;
-        let cipher = self.repo.key().pack_cipher(&loc.pack.salt);
-        pack::open_blob(self.repo.key(), &cipher, &loc.entry, &ct, &name)
+        Ok((name, ct))
+    }
+
+    /// The plaintext of a delta blob's base. A base is a full data blob:
+    /// one that is itself a delta is damage (the format allows no chains,
+    /// so a restore never follows more than one).
+    pub fn base(&self, id: &Id) -> Result<Arc<Vec<u8>>> {
+        if let Some((_, b)) = self.bases.lock().unwrap().iter().find(|(b, _)| b == id) {
+            return Ok(b.clone());
+        }
+        let loc = self.locate(id).ok_or(Error::BlobNotFound(*id))?;
+        if loc.entry.encoding == pack::Encoding::Delta || loc.entry.blob_type != BlobType::Data {
+            return Err(Error::corrupt(format!("blob {id}"), "is named as a delta base but is not a full data blob"));
+        }
+        let plain = Arc::new(self.read_located(&loc)?);
+        let mut kept = self.bases.lock().unwrap();
+        if kept.len() >= BASES_KEPT {
+            kept.remove(0);
+        }
+        kept.push((*id, plain.clone()));
+        Ok(plain)
+    }
+
+    /// The bases a delta blob names (reading only the delta).
+    pub fn delta_bases(&self, loc: &BlobLocation) -> Result<Vec<Id>> {
+        let (name, ct) = self.read_ciphertext(loc)?;
+        pack::delta_bases(&self.repo.key().pack_cipher(&loc.pack.salt), &loc.entry, &mut ct.to_vec(), &name)
     }
 
     pub fn load_tree(&self, id: &Id) -> Result<Tree> {
@@ -713,6 +753,7 @@ impl Indexed {
                                     ct,
                                     &pack_name,
                                     &mut blob,
+                                    &|b| self.base(b),
                                 ),
                                 None => Err(Error::corrupt(format!("pack {pack_name}"), "shorter than the index says")),
                             }

@@ -25,10 +25,11 @@ use rayon::prelude::*;
 
 use crate::backend::FileKind;
 use crate::chunker::Chunker;
+use crate::delta::{Bases, ParentStream};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{Index, IndexFile, IndexedPack};
-use crate::pack::{BlobType, FinishedPack, Packer};
+use crate::pack::{BlobType, Encoding, FinishedPack, Packer};
 use crate::repository::{Indexed, Repository};
 use crate::tree::Tree;
 
@@ -341,6 +342,18 @@ impl Writer {
     /// from this repository, which verified the id); returns whether it was
     /// new.
     pub fn save_with_id(&self, blob_type: BlobType, id: Id, data: &[u8]) -> Result<bool> {
+        self.store(blob_type, id, data, None)
+    }
+
+    /// Stores a data blob whose id the caller knows as a delta from
+    /// `bases` if that pays (prune keeps repacked deltas deltas).
+    pub fn save_delta(&self, id: Id, data: &[u8], bases: &Bases) -> Result<bool> {
+        self.store(BlobType::Data, id, data, Some(bases))
+    }
+
+    /// Stores a blob, as a delta from `bases` when that takes less than
+    /// half of what it would compressed on its own (else on its own).
+    fn store(&self, blob_type: BlobType, id: Id, data: &[u8], bases: Option<&Bases>) -> Result<bool> {
         self.check_failed()?;
         // Lengths and offsets are 32-bit in the format; a larger blob (only
         // a tree of a directory with millions of entries could be) is
@@ -360,15 +373,26 @@ impl Writer {
             c.bytes_new.fetch_add(data.len() as u64, Ordering::Relaxed);
             return Ok(true);
         }
+        let delta = bases.filter(|_| self.level != 0).and_then(|b| {
+            let mut out = Vec::new();
+            crate::delta::encode(self.level, &b.ids, &b.plain, data, &mut out).ok()?;
+            b.pays(out.len(), data.len()).then_some(out)
+        });
         let pool = &self.packers[blob_type as usize];
         let pooled = pool.lock().unwrap().pop();
         let mut packer = pooled.unwrap_or_else(|| {
             self.shared.acquire_pack();
             Packer::new(self.shared.repo.key(), self.pack_size + self.chunker.params().max_size as usize + 4096)
         });
-        with_stored(self.level, data, |stored, compressed| {
-            packer.add(id, blob_type, stored, compressed, data.len() as u32);
-        });
+        match &delta {
+            Some(d) => {
+                packer.add(id, blob_type, d, Encoding::Delta, data.len() as u32);
+            }
+            None => with_stored(self.level, data, |stored, compressed| {
+                let encoding = if compressed { Encoding::Zstd } else { Encoding::Raw };
+                packer.add(id, blob_type, stored, encoding, data.len() as u32);
+            }),
+        }
         let c = &self.shared.counters;
         c.blobs_new.fetch_add(1, Ordering::Relaxed);
         c.bytes_new.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -405,13 +429,49 @@ impl Writer {
         chunks.par_iter().map(|c| self.save_blob(BlobType::Data, c)).collect()
     }
 
+    /// Stores new chunks as deltas from their versions in `parent` where
+    /// that pays; chunks already stored are only followed along.
+    fn save_chunks_after(&self, chunks: &[&[u8]], parent: &mut ParentStream) -> Result<Vec<Id>> {
+        let ids: Vec<Id> = chunks.par_iter().map(|c| self.shared.repo.blob_id(BlobType::Data, c)).collect();
+        parent.prefetch(chunks.len());
+        let bases: Vec<Option<Bases>> = chunks
+            .iter()
+            .zip(&ids)
+            .map(|(c, id)| {
+                if self.has_blob(id) {
+                    parent.follow(id, c.len());
+                    None
+                } else {
+                    parent.pick(c).and_then(|at| parent.bases(at, c.len()))
+                }
+            })
+            .collect();
+        chunks
+            .par_iter()
+            .zip(ids.par_iter())
+            .zip(bases.into_par_iter())
+            .map(|((c, id), base)| self.store(BlobType::Data, *id, c, base.as_ref()).map(|_| *id))
+            .collect()
+    }
+
     /// Chunks and stores a stream; `progress` is told each batch's length.
-    /// Returns the blob ids and the stream's length.
-    pub fn save_stream<R: Read>(&self, r: R, progress: &(dyn Fn(u64) + Sync)) -> Result<(Vec<Id>, u64)> {
+    /// With the stream's previous version (`parent`), changed chunks are
+    /// stored as deltas from it. Returns the blob ids and the stream's
+    /// length.
+    pub fn save_stream<R: Read>(
+        &self,
+        r: R,
+        mut parent: Option<&mut ParentStream>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(Vec<Id>, u64)> {
         let mut ids = Vec::new();
         let mut failure = None;
         let res = self.chunker.stream(r, STREAM_BATCH, |chunks| {
-            match self.save_chunks(chunks) {
+            let saved = match parent.as_deref_mut() {
+                Some(p) => self.save_chunks_after(chunks, p),
+                None => self.save_chunks(chunks),
+            };
+            match saved {
                 Ok(v) => ids.extend(v),
                 Err(e) => {
                     failure = Some(e);

@@ -6,7 +6,10 @@
 //! directory `restore` work on it like on any snapshot, and an operator can
 //! always get the raw dump back and use the database's own tools by hand.
 //! Streams are chunked as they are read, so nothing is staged on disk and
-//! what did not change since the last dump is not stored again.
+//! what did not change since the last dump is not stored again. What did
+//! change is stored as deltas from the same stream in the source's
+//! previous snapshot (`arkiv_repo::delta`): a dump whose changed rows are
+//! scattered changes every chunk, yet costs only its changes.
 //!
 //! What the source was (kind, password-free location, server version,
 //! per-stream facts) goes into the snapshot's `metadata`; the snapshot is
@@ -18,6 +21,7 @@ use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use arkiv_repo::delta::ParentStream;
 use arkiv_repo::{ContentReader, Id, Indexed, Name, Node, NodeKind, Snapshot, Tree, Writer};
 use serde::{Deserialize, Serialize};
 
@@ -141,12 +145,32 @@ pub struct StreamBackup<'a> {
     nodes: Vec<Node>,
     names: BTreeSet<String>,
     infos: Vec<StreamInfo>,
+    /// The source's previous snapshot's streams, by name: each new stream's
+    /// chunks are stored as deltas from its older version where that pays.
+    parent: Option<Tree>,
 }
 
 impl<'a> StreamBackup<'a> {
     pub fn new(indexed: &'a Indexed, dry_run: bool, progress: &'a Progress) -> StreamBackup<'a> {
         let writer = if dry_run { Writer::new_dry_run(indexed) } else { Writer::new(indexed) };
-        StreamBackup { indexed, writer, progress, nodes: Vec::new(), names: BTreeSet::new(), infos: Vec::new() }
+        StreamBackup {
+            indexed,
+            writer,
+            progress,
+            nodes: Vec::new(),
+            names: BTreeSet::new(),
+            infos: Vec::new(),
+            parent: None,
+        }
+    }
+
+    /// Compares each stream with its namesake in `snapshot` (the source's
+    /// previous backup). A parent that cannot be read only costs space.
+    pub fn set_parent(&mut self, snapshot: &Snapshot) {
+        match self.indexed.load_tree(&snapshot.tree) {
+            Ok(t) => self.parent = Some(t),
+            Err(e) => tracing::warn!("parent snapshot's tree unreadable, storing streams without deltas: {e}"),
+        }
     }
 
     /// Stores one stream, read to its end, under `name` (a plain file name,
@@ -162,7 +186,13 @@ impl<'a> StreamBackup<'a> {
             progress.bytes.fetch_add(n, Ordering::Relaxed);
             progress.bytes_read.fetch_add(n, Ordering::Relaxed);
         };
-        let (content, len) = self.writer.save_stream(reader, &count).map_err(|e| match e {
+        let mut parent = self
+            .parent
+            .as_ref()
+            .and_then(|t| t.find(&Name::from(name)))
+            .filter(|n| n.kind == NodeKind::File && !n.content.is_empty())
+            .map(|n| ParentStream::new(self.indexed, n.content.clone()));
+        let (content, len) = self.writer.save_stream(reader, parent.as_mut(), &count).map_err(|e| match e {
             arkiv_repo::Error::Io { cause: source, .. } => crate::process::input_error(source),
             other => Error::Repo(other),
         })?;
@@ -254,8 +284,30 @@ pub fn backup(
     let started = chrono::Utc::now();
     let t0 = Instant::now();
     let mut out = StreamBackup::new(indexed, opts.dry_run, progress);
+    if let Some(p) = previous(indexed, source, opts).filter(|_| !opts.dry_run) {
+        out.set_parent(&p);
+    }
     let metadata = source.backup(&mut out)?;
     out.commit(source, metadata, opts, started, t0)
+}
+
+/// The newest snapshot of the same source from the same host: the parent
+/// whose streams the new ones are compared with.
+fn previous(indexed: &Indexed, source: &dyn StreamSource, opts: &StreamOptions) -> Option<Snapshot> {
+    let filter = arkiv_repo::SnapshotFilter {
+        host: Some(opts.host.clone().unwrap_or_else(arkiv_repo::snapshot::hostname)),
+        tags: Vec::new(),
+        paths: vec![source.location()],
+        source: Some(source.kind().to_string()),
+    };
+    match indexed.repo().find_snapshot("latest", &filter) {
+        Ok(e) => Some(e.snapshot),
+        Err(arkiv_repo::Error::SnapshotNotFound(_)) => None,
+        Err(e) => {
+            tracing::warn!("no parent snapshot for deltas: {e}");
+            None
+        }
+    }
 }
 
 fn check_name(name: &str) -> Result<()> {

@@ -207,7 +207,7 @@ impl Ctx<'_> {
                 self.progress.bytes_read.fetch_add(n, Ordering::Relaxed);
                 self.counts.bytes_read.fetch_add(n, Ordering::Relaxed);
             };
-            let saved = self.writer.save_stream(&mut reader, &progress);
+            let saved = self.writer.save_stream(&mut reader, None, &progress);
             let stop = reader.stop.take();
             match (saved, stop) {
                 (Ok((content, size)), _) => {

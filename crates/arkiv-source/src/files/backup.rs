@@ -361,11 +361,11 @@ impl Ctx<'_> {
                 // It grew past one chunk while we looked: stream what was
                 // read followed by the rest of the same open file.
                 let reader = Observed { inner: io::Cursor::new(buf).chain(file), observer: observer.as_mut() };
-                self.writer.save_stream(reader, &progress).map_err(|e| stream_err(e, path))
+                self.writer.save_stream(reader, None, &progress).map_err(|e| stream_err(e, path))
             }
         } else {
             let reader = Observed { inner: file, observer: observer.as_mut() };
-            self.writer.save_stream(reader, &progress).map_err(|e| stream_err(e, path))
+            self.writer.save_stream(reader, None, &progress).map_err(|e| stream_err(e, path))
         };
         if let (Some(o), Ok(_)) = (observer, &saved) {
             o.end();
@@ -696,7 +696,7 @@ pub fn backup_stream<R: Read>(
         progress.bytes.fetch_add(n, Ordering::Relaxed);
         progress.bytes_read.fetch_add(n, Ordering::Relaxed);
     };
-    let (content, len) = writer.save_stream(reader, &count).map_err(|e| stream_err(e, Path::new("stdin")))?;
+    let (content, len) = writer.save_stream(reader, None, &count).map_err(|e| stream_err(e, Path::new("stdin")))?;
     let now = chrono::Utc::now();
     let mut node = Node::new(Name::from(name), NodeKind::File);
     node.mode = 0o644;

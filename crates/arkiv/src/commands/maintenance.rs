@@ -254,7 +254,7 @@ pub fn cat(g: &Global, a: CatArgs) -> Result<ExitCode> {
                         "id": p.id,
                         "blobs": p.entries.iter().map(|e| serde_json::json!({
                             "id": e.id, "type": e.blob_type, "offset": e.offset, "length": e.length,
-                            "raw_length": e.raw_length, "compressed": e.compressed,
+                            "raw_length": e.raw_length, "encoding": e.encoding.as_str(),
                         })).collect::<Vec<_>>(),
                     })
                 })
