@@ -188,7 +188,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
                 NodeKind::File => {
                     for b in &n.content {
                         match ix.index().get(b) {
-                            Some(l) if l.entry.encoding == Encoding::Delta => {
+                            Some(l) if l.entry.encoding == Encoding::Delta && l.entry.blob_type == BlobType::Data => {
                                 deltas
                                     .lock()
                                     .unwrap()
@@ -228,7 +228,8 @@ pub fn check(repo: &Repository, read: ReadData, progress: &CheckProgress) -> Res
     });
 
     // Data. The trees decoded above are garbage now; return their memory
-    // before whole packs are read.
+    // before whole packs are read (the index stays: delta blobs read their
+    // bases through it).
     crate::repository::release_free_memory();
     let mut to_read: Vec<(Id, &([u8; crate::crypto::SALT_LEN], Vec<PackEntry>))> =
         pack_entries.iter().filter(|(id, _)| stored.contains_key(&id.to_hex())).map(|(id, e)| (*id, e)).collect();

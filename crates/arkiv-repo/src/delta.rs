@@ -91,7 +91,8 @@ pub fn decode(base: &[u8], frame: &[u8], raw_length: usize, out: &mut Vec<u8>) -
     dctx.ref_prefix(base).map_err(zstd_error)?;
     out.clear();
     // Decompression stops at the buffer's capacity, so a frame that claims
-    // to expand without bound cannot grow it past the recorded length.
+    // to expand without bound cannot grow it much past the recorded length
+    // (the caller's length and id check rejects what it does write).
     out.reserve_exact(raw_length);
     let mut buf = std::mem::take(out);
     let r = dctx.decompress(&mut buf, frame);
@@ -411,6 +412,13 @@ mod tests {
         let mut back = Vec::new();
         std::io::Read::read_to_end(&mut crate::ContentReader::new(&indexed, &ids), &mut back).unwrap();
         assert!(back == day_two, "day two reads back");
+        // Index files naming deltas carry version 2, which builds that
+        // predate deltas (and would prune their bases) refuse.
+        let versions: Vec<u8> = std::fs::read_dir(dir.path().join("index"))
+            .unwrap()
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap()[5])
+            .collect();
+        assert!(versions.contains(&1) && versions.contains(&2), "{versions:?}");
     }
 
     #[test]

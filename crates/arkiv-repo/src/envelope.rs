@@ -12,6 +12,10 @@ use crate::error::{Error, Result};
 pub const MAGIC: &[u8; 4] = b"ARKV";
 /// The repository format this code writes and the newest it reads.
 pub const FORMAT_VERSION: u8 = 1;
+/// The envelope version of index files that name delta blobs: builds that
+/// predate deltas would prune their bases, so they must refuse such index
+/// files rather than read them as version 1 (repository-format.md §15).
+pub const DELTA_INDEX_VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 8 + SALT_LEN;
 const FLAG_ZSTD: u8 = 1;
 
@@ -48,17 +52,23 @@ pub fn peek_version(object: &str, bytes: &[u8], kind: EnvelopeKind) -> Result<u8
         return Err(Error::corrupt(object, format!("holds kind {} where a {} was expected", bytes[4], kind.name())));
     }
     let version = bytes[5];
-    if version > FORMAT_VERSION {
+    let newest = if kind == EnvelopeKind::Index { DELTA_INDEX_VERSION } else { FORMAT_VERSION };
+    if version > newest {
         return Err(Error::UnsupportedVersion {
             object: object.to_string(),
             found: version as u32,
-            supported: FORMAT_VERSION as u32,
+            supported: newest as u32,
         });
     }
     Ok(version)
 }
 
 pub fn seal(key: &MasterKey, kind: EnvelopeKind, payload: &[u8], zstd_level: i32) -> Vec<u8> {
+    seal_version(key, kind, FORMAT_VERSION, payload, zstd_level)
+}
+
+/// [`seal`] with the version byte given.
+pub fn seal_version(key: &MasterKey, kind: EnvelopeKind, version: u8, payload: &[u8], zstd_level: i32) -> Vec<u8> {
     let compressed = zstd::bulk::compress(payload, zstd_level).ok().filter(|c| c.len() < payload.len());
     let (flags, body) = match &compressed {
         Some(c) => (FLAG_ZSTD, c.as_slice()),
@@ -67,7 +77,7 @@ pub fn seal(key: &MasterKey, kind: EnvelopeKind, payload: &[u8], zstd_level: i32
     let salt = random_salt();
     let mut out = Vec::with_capacity(HEADER_LEN + body.len() + 16);
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&[kind as u8, FORMAT_VERSION, flags, 0]);
+    out.extend_from_slice(&[kind as u8, version, flags, 0]);
     out.extend_from_slice(&salt);
     let start = out.len();
     out.extend_from_slice(body);

@@ -175,9 +175,11 @@ impl Index {
     }
 
     /// Sorts for lookup. A blob stored twice (two concurrent backups may both
-    /// store it) keeps one location; both are valid.
+    /// store it) keeps one location; both are valid, and a whole copy is
+    /// kept over a delta (a delta base must be whole).
     pub fn finish(&mut self) {
-        self.entries.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        let delta = Encoding::Delta.to_u8();
+        self.entries.sort_unstable_by(|a, b| a.id.cmp(&b.id).then((a.encoding == delta).cmp(&(b.encoding == delta))));
         self.entries.dedup_by(|a, b| a.id == b.id);
         self.entries.shrink_to_fit();
         let mut buckets = vec![0u32; (1 << 16) + 1];
@@ -204,6 +206,11 @@ impl Index {
     pub fn position(&self, id: &Id) -> Option<usize> {
         let e = self.find(id)?;
         Some((e as *const Entry as usize - self.entries.as_ptr() as usize) / std::mem::size_of::<Entry>())
+    }
+
+    /// The id of the blob at `position`.
+    pub fn id_at(&self, position: usize) -> Id {
+        Id(self.entries[position].id)
     }
 
     pub fn contains(&self, id: &Id) -> bool {

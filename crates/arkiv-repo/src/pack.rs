@@ -26,8 +26,8 @@ pub enum Encoding {
     Raw,
     /// One zstd frame.
     Zstd,
-    /// A delta from another blob: its id, then a zstd frame that copies
-    /// from it (`delta.rs`).
+    /// A delta from other blobs: their count and ids, then a zstd frame
+    /// that copies from them (`delta.rs`).
     Delta,
 }
 
@@ -339,7 +339,7 @@ pub fn open_blob_in_place<'a>(
         for id in &ids {
             let base = bases(id).map_err(|e| match e {
                 Error::BlobNotFound(b) => Error::corrupt(what(), format!("its delta base {b} is missing")),
-                other => other,
+                other => Error::corrupt(what(), format!("its delta base {id}: {other}")),
             })?;
             if ids.len() == 1 {
                 // One base, the usual case: decoded from where it lies.

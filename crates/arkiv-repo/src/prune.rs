@@ -201,7 +201,6 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &dyn Fn(&str)) ->
 
     progress("finding used blobs");
     let mut used = Bits::new(full.len());
-    let mut deltas: Vec<Id> = Vec::new();
     report.snapshots = snapshots.len();
     for (name, _) in &snapshots {
         let sid: Id = name.parse().map_err(|_| Error::corrupt(name, "bad snapshot name"))?;
@@ -225,11 +224,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &dyn Fn(&str)) ->
             let tree = indexed.load_tree(&tree_id)?;
             for node in &tree.nodes {
                 for c in &node.content {
-                    if used.set(full.position(c).ok_or_else(|| missing(c))?)
-                        && full.get(c).is_some_and(|l| l.entry.encoding == Encoding::Delta)
-                    {
-                        deltas.push(*c);
-                    }
+                    used.set(full.position(c).ok_or_else(|| missing(c))?);
                 }
                 if let Some(sub) = node.subtree {
                     stack.push(sub);
@@ -238,14 +233,40 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &dyn Fn(&str)) ->
         }
     }
 
-    // A delta blob needs its bases, which no tree names: each used delta
-    // is read (they are small) for the bases it names. Bases are never deltas,
-    // so one round reaches them all.
+    progress("planning");
+    // Per pack: which entries are the copy the snapshots rely on. A blob
+    // stored twice (two backups at once) may be a delta in one pack and
+    // whole in another: the whole copy is claimed first, so a delta copy
+    // is kept only when it is the only one, and then its bases are kept
+    // too (read from that very copy). Bases are never deltas, so one
+    // round reaches them all.
+    let mut claimed = Bits::new(full.len());
+    let packs: Vec<&IndexedPack> = active.iter().chain(records.iter().flat_map(|(_, r)| r.packs.iter())).collect();
+    let mut uses: Vec<Vec<bool>> = packs.iter().map(|p| vec![false; p.entries.len()]).collect();
+    let mut claim = |used: &Bits, uses: &mut Vec<Vec<bool>>, deltas_too: bool| -> Vec<BlobLocation> {
+        let mut deltas = Vec::new();
+        for (p, u) in packs.iter().zip(uses.iter_mut()) {
+            for (e, u) in p.entries.iter().zip(u.iter_mut()) {
+                let pos = full.position(&e.id).expect("every entry was indexed");
+                let delta = e.encoding == Encoding::Delta;
+                if used.get(pos) && (deltas_too || !delta) && claimed.set(pos) {
+                    *u = true;
+                    if delta {
+                        deltas.push(BlobLocation { pack: PackRef { id: p.id, salt: p.salt }, entry: *e });
+                    }
+                }
+            }
+        }
+        deltas
+    };
+    claim(&used, &mut uses, false);
+    let deltas = claim(&used, &mut uses, true);
     if !deltas.is_empty() {
         progress("finding delta bases");
-        let bases: Vec<Result<Vec<Id>>> =
-            deltas.par_iter().map(|d| indexed.delta_bases(&full.get(d).expect("indexed above"))).collect();
-        for (d, b) in deltas.iter().zip(bases) {
+        let read: Vec<Result<Vec<Id>>> = deltas.par_iter().map(|d| indexed.delta_bases(d)).collect();
+        let mut needs: Vec<(Id, usize)> = Vec::new();
+        for (d, b) in deltas.iter().zip(read) {
+            let d = d.entry.id;
             let b = b.map_err(|e| Error::Invalid(format!("delta blob {d}: {e}; prune changed nothing")))?;
             for b in b {
                 let pos = full.position(&b).ok_or_else(|| {
@@ -254,25 +275,22 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &dyn Fn(&str)) ->
                     ))
                 })?;
                 used.set(pos);
+                needs.push((d, pos));
             }
         }
+        claim(&used, &mut uses, false);
+        // A base with no whole copy cannot serve as one.
+        if let Some((d, pos)) = needs.iter().find(|(_, pos)| !claimed.get(*pos)) {
+            return Err(Error::Invalid(format!(
+                "delta blob {d} needs base {}, which is stored only as a delta; prune changed nothing (run `arkiv check`)",
+                full.id_at(*pos)
+            )));
+        }
     }
-
-    progress("planning");
-    let mut claimed = Bits::new(full.len());
-    // Per pack: which entries are the copy the snapshots rely on.
-    let mut claim = |p: &IndexedPack| -> Vec<bool> {
-        p.entries
-            .iter()
-            .map(|e| {
-                let pos = full.position(&e.id).expect("every entry was indexed");
-                used.get(pos) && claimed.set(pos)
-            })
-            .collect()
-    };
-    let active_use: Vec<Vec<bool>> = active.iter().map(&mut claim).collect();
+    let mut uses = uses.into_iter();
+    let active_use: Vec<Vec<bool>> = uses.by_ref().take(active.len()).collect();
     let record_use: Vec<Vec<Vec<bool>>> =
-        records.iter().map(|(_, r)| r.packs.iter().map(&mut claim).collect()).collect();
+        records.iter().map(|(_, r)| uses.by_ref().take(r.packs.len()).collect()).collect();
 
     let stored = repo.backend().pack_times()?;
     report.packs = stored.len();
@@ -449,4 +467,69 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, progress: &dyn Fn(&str)) ->
     }
     crate::repository::release_free_memory();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delta::ParentStream;
+    use crate::tree::{Name, Node, NodeKind, Tree};
+    use crate::{Backend, BlobType, ContentReader, Credential, InitOptions, KdfParams, Snapshot};
+
+    /// One stream as a snapshot: its chunks saved by `save` into a fresh
+    /// writer, the tree and snapshot written after.
+    fn snapshot(indexed: &Indexed, save: impl FnOnce(&Writer) -> Vec<Id>) -> (Id, Vec<Id>) {
+        let w = Writer::new(indexed);
+        let content = save(&w);
+        let mut node = Node::new(Name::from("stdout"), NodeKind::File);
+        node.content = content.clone();
+        let root = w.save_tree(&Tree { nodes: vec![node] }).unwrap();
+        w.finish().unwrap();
+        (indexed.repo().save_snapshot(&Snapshot::new("command", root)).unwrap(), content)
+    }
+
+    #[test]
+    fn a_blob_stored_both_whole_and_as_a_delta_survives_its_base_being_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = InitOptions {
+            kdf: KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
+            chunker: crate::chunker::ChunkerParams { min_size: 4096, avg_size: 16384, max_size: 65536 },
+            ..Default::default()
+        };
+        let repo = Repository::init(Backend::local(dir.path()).unwrap(), &Credential::password("pw"), opts).unwrap();
+        let rows = |skip: usize| -> Vec<u8> {
+            (0..40_000).filter(|i| i % 97 != skip).map(|i| format!("{i}\t{:30}\n", "")).collect::<String>().into()
+        };
+        let (one, day_one) =
+            snapshot(&repo.clone().index().unwrap(), |w| w.save_stream(&rows(1000)[..], None, &|_| {}).unwrap().0);
+        // Day two as deltas of day one, and then (as a second backup running
+        // at the same time would) the same chunks stored whole as well.
+        let day_two = rows(5);
+        let ix = repo.clone().index().unwrap();
+        let (_, ids) = snapshot(&ix, |w| {
+            let mut p = ParentStream::new(&ix, day_one.clone());
+            w.save_stream(&day_two[..], Some(&mut p), &|_| {}).unwrap().0
+        });
+        let ix = repo.clone().index().unwrap();
+        assert!(ids.iter().any(|id| ix.locate(id).unwrap().entry.encoding == Encoding::Delta));
+        let whole = Writer::for_repack(&ix);
+        let mut at = 0;
+        for id in &ids {
+            let data = ix.read_blob(id).unwrap();
+            whole.save_with_id(BlobType::Data, *id, &data).unwrap();
+            at += data.len();
+        }
+        assert_eq!(at, day_two.len());
+        whole.finish().unwrap();
+        // Day one goes; its chunks are the deltas' bases.
+        repo.backend().delete(FileKind::Snapshot, &one.to_hex()).unwrap();
+        let instant = PruneOptions { grace: Duration::zero(), max_unused: 0.0, dry_run: false };
+        prune(&repo, &instant, &|_| {}).unwrap();
+        let ix = repo.clone().index().unwrap();
+        let mut back = Vec::new();
+        std::io::Read::read_to_end(&mut ContentReader::new(&ix, &ids), &mut back).unwrap();
+        assert!(back == day_two, "day two reads back after prune");
+        let report = crate::check::check(&repo, crate::check::ReadData::All, &Default::default()).unwrap();
+        assert!(report.ok(), "{:?}", report.errors);
+    }
 }

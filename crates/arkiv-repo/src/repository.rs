@@ -442,7 +442,18 @@ impl Repository {
     }
 
     pub fn save_index_file(&self, f: &IndexFile) -> Result<Id> {
-        self.write_sealed(FileKind::Index, EnvelopeKind::Index, &f.encode(), self.config().compression.max(1))
+        let deltas = f.packs.iter().flat_map(|p| &p.entries).any(|e| e.encoding == pack::Encoding::Delta);
+        let version = if deltas { envelope::DELTA_INDEX_VERSION } else { envelope::FORMAT_VERSION };
+        let sealed = envelope::seal_version(
+            self.key(),
+            EnvelopeKind::Index,
+            version,
+            &f.encode(),
+            self.config().compression.max(1),
+        );
+        let id = Id::of_stored(&sealed);
+        self.backend().write(FileKind::Index, &id.to_hex(), sealed)?;
+        Ok(id)
     }
 
     /// Loads every index file (in parallel) and returns the indexed state.
