@@ -319,7 +319,7 @@ fn zstd_error(code: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -371,17 +371,21 @@ mod tests {
         (ids, stored)
     }
 
-    #[test]
-    fn pairing_finds_its_place_again_after_a_long_stretch_of_new_data() {
+    /// A repository with 16 KiB chunks, so a few megabytes make many.
+    pub(crate) fn small_chunk_repo(dir: &std::path::Path) -> crate::Repository {
         use crate::{Backend, Credential, InitOptions, KdfParams};
-        let dir = tempfile::tempdir().unwrap();
         let opts = InitOptions {
             kdf: KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
             chunker: crate::chunker::ChunkerParams { min_size: 4096, avg_size: 16384, max_size: 65536 },
             ..Default::default()
         };
-        let repo =
-            crate::Repository::init(Backend::local(dir.path()).unwrap(), &Credential::password("pw"), opts).unwrap();
+        crate::Repository::init(Backend::local(dir).unwrap(), &Credential::password("pw"), opts).unwrap()
+    }
+
+    #[test]
+    fn pairing_finds_its_place_again_after_a_long_stretch_of_new_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = small_chunk_repo(dir.path());
         let rows = |skip: usize| -> Vec<u8> {
             (0..60_000)
                 .filter(|i| skip == 0 || i % skip != 3)

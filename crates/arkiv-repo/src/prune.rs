@@ -474,7 +474,7 @@ mod tests {
     use super::*;
     use crate::delta::ParentStream;
     use crate::tree::{Name, Node, NodeKind, Tree};
-    use crate::{Backend, BlobType, ContentReader, Credential, InitOptions, KdfParams, Snapshot};
+    use crate::{BlobType, ContentReader, Snapshot};
 
     /// One stream as a snapshot: its chunks saved by `save` into a fresh
     /// writer, the tree and snapshot written after.
@@ -491,12 +491,7 @@ mod tests {
     #[test]
     fn a_blob_stored_both_whole_and_as_a_delta_survives_its_base_being_pruned() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = InitOptions {
-            kdf: KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
-            chunker: crate::chunker::ChunkerParams { min_size: 4096, avg_size: 16384, max_size: 65536 },
-            ..Default::default()
-        };
-        let repo = Repository::init(Backend::local(dir.path()).unwrap(), &Credential::password("pw"), opts).unwrap();
+        let repo = crate::delta::tests::small_chunk_repo(dir.path());
         let rows = |skip: usize| -> Vec<u8> {
             (0..40_000).filter(|i| i % 97 != skip).map(|i| format!("{i}\t{:30}\n", "")).collect::<String>().into()
         };
