@@ -132,8 +132,18 @@ pub struct ParentStream<'a> {
     /// parent's offsets were ahead of the new one's at the last pair.
     pos: u64,
     shift: i64,
-    /// Plaintexts of the parent chunks around the two places.
-    read: HashMap<usize, Arc<Vec<u8>>>,
+    /// The parent chunks around the two places, read.
+    read: HashMap<usize, ParentChunk>,
+}
+
+/// A parent chunk as read ahead: its plaintext (to pair by), and the whole
+/// blobs behind it with theirs (to encode against): itself, or the bases
+/// it is a delta of. Read in parallel, so that pairing and encoding wait
+/// on no storage round trip of their own.
+struct ParentChunk {
+    plain: Arc<Vec<u8>>,
+    /// Empty when a base could not be read: the chunk still pairs.
+    whole: Vec<(Id, Arc<Vec<u8>>)>,
 }
 
 /// The full blobs a new chunk is encoded against, in stream order.
@@ -238,10 +248,10 @@ impl<'a> ParentStream<'a> {
         let keep: std::collections::HashSet<usize> = self.near(2 * ahead).collect();
         self.read.retain(|j, _| keep.contains(j));
         let want: Vec<usize> = keep.into_iter().filter(|j| !self.read.contains_key(j)).collect();
-        let got: Vec<(usize, Arc<Vec<u8>>)> = want
+        let got: Vec<(usize, ParentChunk)> = want
             .par_iter()
             .filter_map(|&j| match self.indexed.read_blob(&self.ids[j]) {
-                Ok(p) => Some((j, Arc::new(p))),
+                Ok(p) => Some((j, self.behind(j, Arc::new(p)))),
                 Err(e) => {
                     tracing::warn!("parent chunk {} unreadable, storing its successor whole: {e}", self.ids[j]);
                     None
@@ -249,6 +259,25 @@ impl<'a> ParentStream<'a> {
             })
             .collect();
         self.read.extend(got);
+    }
+
+    /// Parent chunk `j` with the whole blobs behind it.
+    fn behind(&self, j: usize, plain: Arc<Vec<u8>>) -> ParentChunk {
+        let id = self.ids[j];
+        let whole = match self.indexed.index().get(&id) {
+            Some(loc) if loc.entry.encoding == Encoding::Delta => self
+                .indexed
+                .delta_bases(&loc)
+                .and_then(|ids| ids.into_iter().map(|b| Ok((b, self.indexed.base(&b)?))).collect())
+                .unwrap_or_else(|e| {
+                    tracing::warn!("bases of parent chunk {id} unreadable, storing its successor whole: {e}");
+                    Vec::new()
+                }),
+            Some(_) => vec![(id, plain.clone())],
+            // Only in a pack awaiting deletion: pairs, never serves as a base.
+            None => Vec::new(),
+        };
+        ParentChunk { plain, whole }
     }
 
     fn paired(&mut self, j: usize, len: usize) {
@@ -275,7 +304,7 @@ impl<'a> ParentStream<'a> {
     /// it, else the one its offset maps to.
     pub fn pick(&mut self, chunk: &[u8]) -> Option<(usize, u64)> {
         let head = &chunk[..chunk.len().min(HEAD)];
-        let found = self.near(0).find(|j| self.read.get(j).is_some_and(|p| p.starts_with(head)));
+        let found = self.near(0).find(|j| self.read.get(j).is_some_and(|p| p.plain.starts_with(head)));
         if let Some(j) = found {
             self.paired(j, chunk.len());
             return Some((j, 0));
@@ -296,17 +325,8 @@ impl<'a> ParentStream<'a> {
             if self.starts[k] - self.starts[j] >= enough || out.ids.len() >= MAX_BASES {
                 break;
             }
-            let Some(plain) = self.read.get(&k) else { break };
-            let Some(loc) = self.indexed.index().get(&self.ids[k]) else { break };
-            let added = if loc.entry.encoding == Encoding::Delta {
-                match self.indexed.delta_bases(&loc) {
-                    Ok(ids) => ids.iter().all(|id| out.push(self.indexed, *id, None)),
-                    Err(_) => false,
-                }
-            } else {
-                out.push(self.indexed, self.ids[k], Some(plain))
-            };
-            if !added {
+            let Some(read) = self.read.get(&k) else { break };
+            if read.whole.is_empty() || !read.whole.iter().all(|(id, p)| out.push(self.indexed, *id, Some(p))) {
                 break;
             }
         }
