@@ -227,7 +227,8 @@ impl Index {
             entry: PackEntry {
                 id: Id(e.id),
                 blob_type: BlobType::from_u8(e.blob_type).unwrap_or(BlobType::Data),
-                encoding: Encoding::from_u8(e.encoding),
+                // Only values `to_u8` made are stored.
+                encoding: Encoding::from_u8(e.encoding).unwrap_or(Encoding::Raw),
                 offset: e.offset,
                 length: e.length,
                 raw_length: e.raw_length,

@@ -32,7 +32,8 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    fn flags(self) -> u8 {
+    /// The flags byte of a pack entry, also what the in-memory index keeps.
+    pub fn to_u8(self) -> u8 {
         match self {
             Encoding::Raw => 0,
             Encoding::Zstd => FLAG_ZSTD,
@@ -40,22 +41,14 @@ impl Encoding {
         }
     }
 
-    fn from_flags(f: u8) -> Option<Encoding> {
+    /// `None` for flags this version does not know.
+    pub fn from_u8(f: u8) -> Option<Encoding> {
         match f {
             0 => Some(Encoding::Raw),
             FLAG_ZSTD => Some(Encoding::Zstd),
             x if x == FLAG_ZSTD | FLAG_DELTA => Some(Encoding::Delta),
             _ => None,
         }
-    }
-
-    /// The one-byte form the in-memory index keeps.
-    pub fn to_u8(self) -> u8 {
-        self.flags()
-    }
-
-    pub fn from_u8(b: u8) -> Encoding {
-        Encoding::from_flags(b).unwrap_or(Encoding::Raw)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -112,7 +105,7 @@ pub struct PackEntry {
 impl PackEntry {
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.push(self.blob_type as u8);
-        out.push(self.encoding.flags());
+        out.push(self.encoding.to_u8());
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&self.offset.to_le_bytes());
         out.extend_from_slice(&self.length.to_le_bytes());
@@ -128,7 +121,7 @@ impl PackEntry {
         Some(PackEntry {
             blob_type: BlobType::from_u8(b[0])?,
             // Flags this version does not know would misread the blob.
-            encoding: Encoding::from_flags(b[1])?,
+            encoding: Encoding::from_u8(b[1])?,
             offset: u32_at(4),
             length: u32_at(8),
             raw_length: u32_at(12),
@@ -335,22 +328,26 @@ pub fn open_blob_in_place<'a>(
     let plain: &[u8] = if entry.encoding == Encoding::Delta {
         let (ids, frame) =
             crate::delta::split(&stored[..n]).ok_or_else(|| Error::corrupt(what(), "delta header is malformed"))?;
-        let mut prefix = Vec::new();
-        for id in &ids {
-            let base = bases(id).map_err(|e| match e {
-                Error::BlobNotFound(b) => Error::corrupt(what(), format!("its delta base {b} is missing")),
-                other => Error::corrupt(what(), format!("its delta base {id}: {other}")),
-            })?;
-            if ids.len() == 1 {
-                // One base, the usual case: decoded from where it lies.
-                crate::delta::decode(&base, frame, entry.raw_length as usize, out)
-                    .map_err(|e| Error::corrupt(what(), format!("delta from {id} failed: {e}")))?;
-                return check_id(key, entry, out, &what);
+        let read = ids
+            .iter()
+            .map(|id| {
+                bases(id).map_err(|e| match e {
+                    Error::BlobNotFound(b) => Error::corrupt(what(), format!("its delta base {b} is missing")),
+                    other => Error::corrupt(what(), format!("its delta base {id}: {other}")),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // One base, the usual case, is decoded against where it lies.
+        let joined;
+        let prefix: &[u8] = match &read[..] {
+            [one] => one,
+            many => {
+                joined = many.iter().flat_map(|b| b.iter().copied()).collect::<Vec<u8>>();
+                &joined
             }
-            prefix.extend_from_slice(&base);
-        }
-        crate::delta::decode(&prefix, frame, entry.raw_length as usize, out)
-            .map_err(|e| Error::corrupt(what(), format!("delta from {} bases failed: {e}", ids.len())))?;
+        };
+        crate::delta::decode(prefix, frame, entry.raw_length as usize, out)
+            .map_err(|e| Error::corrupt(what(), format!("delta from {} base(s) failed: {e}", ids.len())))?;
         out
     } else if entry.encoding == Encoding::Zstd {
         out.clear();
@@ -375,10 +372,6 @@ pub fn open_blob_in_place<'a>(
     } else {
         &stored[..n]
     };
-    check_id(key, entry, plain, &what)
-}
-
-fn check_id<'a>(key: &MasterKey, entry: &PackEntry, plain: &'a [u8], what: &dyn Fn() -> String) -> Result<&'a [u8]> {
     if plain.len() != entry.raw_length as usize || blob_id(key, entry.blob_type, plain) != entry.id {
         return Err(Error::corrupt(what(), "content does not match its id"));
     }

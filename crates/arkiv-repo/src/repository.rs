@@ -337,7 +337,18 @@ impl Repository {
 
     /// Seals `payload` and writes it under the name of its stored bytes.
     pub(crate) fn write_sealed(&self, kind: FileKind, env: EnvelopeKind, payload: &[u8], level: i32) -> Result<Id> {
-        let sealed = envelope::seal(self.key(), env, payload, level);
+        self.write_sealed_version(kind, env, envelope::FORMAT_VERSION, payload, level)
+    }
+
+    fn write_sealed_version(
+        &self,
+        kind: FileKind,
+        env: EnvelopeKind,
+        version: u8,
+        payload: &[u8],
+        level: i32,
+    ) -> Result<Id> {
+        let sealed = envelope::seal_version(self.key(), env, version, payload, level);
         let id = Id::of_stored(&sealed);
         self.backend().write(kind, &id.to_hex(), sealed)?;
         Ok(id)
@@ -444,16 +455,13 @@ impl Repository {
     pub fn save_index_file(&self, f: &IndexFile) -> Result<Id> {
         let deltas = f.packs.iter().flat_map(|p| &p.entries).any(|e| e.encoding == pack::Encoding::Delta);
         let version = if deltas { envelope::DELTA_INDEX_VERSION } else { envelope::FORMAT_VERSION };
-        let sealed = envelope::seal_version(
-            self.key(),
+        self.write_sealed_version(
+            FileKind::Index,
             EnvelopeKind::Index,
             version,
             &f.encode(),
             self.config().compression.max(1),
-        );
-        let id = Id::of_stored(&sealed);
-        self.backend().write(FileKind::Index, &id.to_hex(), sealed)?;
-        Ok(id)
+        )
     }
 
     /// Loads every index file (in parallel) and returns the indexed state.

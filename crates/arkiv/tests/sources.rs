@@ -91,7 +91,6 @@ fn scattered_changes_are_stored_as_deltas_that_survive_forget_and_prune() {
     let second = s.backup_json(&[&cmd]);
     let stored = |v: &Value| v["snapshot"]["summary"]["bytes_stored"].as_u64().unwrap();
     let (one, two) = (stored(&first), stored(&second));
-    eprintln!("stored: day one {one}, day two {two}");
     assert!(one > 200_000, "day one stored {one} bytes");
     // Without deltas day two stores about as much as day one; with them a
     // few bytes per moved row (these rows cost day one one byte each).
